@@ -1,0 +1,46 @@
+# nnops: `make help` lists the targets.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-unit lint format ui server bench clean
+
+help:  ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (nnops needs Python 3.11)" >&2; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create the virtualenv and install pinned requirements
+
+run: setup  ## set up and run the whole pipeline (dvc repro) on the embedded default data
+	. $(BIN)/activate && dvc repro
+
+test: setup  ## set up and run the whole test suite (unit, pipeline, e2e)
+	bash scripts/ensure_chromium.sh
+	. $(BIN)/activate && pytest
+
+test-unit: setup  ## run only the fast unit tests
+	. $(BIN)/activate && pytest tests/unit
+
+lint: setup  ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup  ## format the code with ruff
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+ui: setup  ## open the MLflow UI on 127.0.0.1:5000 against the project's store
+	. $(BIN)/activate && python -m nnops.tracking ui
+
+bench: setup  ## run the benchmarks in bench/
+	. $(BIN)/activate && for b in bench/*.py; do python $$b; done
+
+clean:  ## remove the virtualenv and caches (keeps data, models and the MLflow store)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

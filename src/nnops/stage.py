@@ -1,0 +1,75 @@
+"""What every stage entry script shares: quiet defaults, logging, params, clean failures."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from nnops.config import ConfigError, Params, load_params
+from nnops.errors import NnopsError
+
+log = logging.getLogger("nnops")
+
+# No telemetry and no noisy accelerator probing unless the user asks for it.
+QUIET_ENV = {
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "GX_ANALYTICS_ENABLED": "False",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def quiet_environment() -> None:
+    """Set the project's defaults for telemetry and TensorFlow log noise (user values win)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log ``nnops`` messages to stderr as ``stage: message`` lines.
+
+    Args:
+        level: the logging level for the ``nnops`` logger.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger("nnops")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def run_stage(
+    name: str,
+    main: Callable[[argparse.Namespace, Params], None],
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+) -> int:
+    """Parse arguments, load params once, run ``main`` and turn failures into exit codes.
+
+    Args:
+        name: the stage name, used in messages.
+        main: the stage body.
+        parser: the stage's argument parser (``--params`` is added here).
+        argv: arguments, for tests; defaults to ``sys.argv[1:]``.
+    """
+    quiet_environment()
+    configure_logging()
+    parser.add_argument("--params", default="params.yaml", help="the params file")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        main(args, params)
+    except (ConfigError, NnopsError) as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    return 0

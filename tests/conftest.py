@@ -1,0 +1,135 @@
+"""Shared fixtures: a quiet environment, and real temporary copies of the repository for DVC runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def project_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses: the venv first on PATH, no telemetry, no inherited store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="1",
+        GX_ANALYTICS_ENABLED="False",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONHASHSEED="0",
+        GIT_AUTHOR_NAME="nnops tests",
+        GIT_AUTHOR_EMAIL="tests@nnops.local",
+        GIT_COMMITTER_NAME="nnops tests",
+        GIT_COMMITTER_EMAIL="tests@nnops.local",
+    )
+    env.update(extra)
+    return env
+
+
+def run(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True, timeout=900
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, returning its output; on unexpected failure show stdout and stderr."""
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env or project_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
+            f"--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+def dvc(*args: str, cwd: Path, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
+    """Run the real ``dvc`` CLI of this environment."""
+    return run([str(BIN / "dvc"), *args], cwd=cwd, env=env, check=check, timeout=timeout)
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout
+    return [p for p in out.split("\0") if p and (REPO / p).is_file()]
+
+
+def make_project(dest: Path, params: dict | None = None) -> Path:
+    """Copy the repository's source files into ``dest`` as a fresh git + DVC repo.
+
+    Args:
+        dest: an empty directory.
+        params: nested overrides merged into ``params.yaml`` before the first commit.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in _tracked_files():
+        if rel.startswith(("data/", "models/", "reports/", "mlruns/")) and not rel.endswith(
+            ".gitignore"
+        ):
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    if params:
+        set_params(dest, params)
+    env = project_env()
+    run(["git", "init", "-q", "-b", "main"], cwd=dest, env=env)
+    run(["git", "add", "-A"], cwd=dest, env=env)
+    run(["git", "commit", "-q", "-m", "test project"], cwd=dest, env=env)
+    return dest
+
+
+def set_params(root: Path, overrides: dict) -> None:
+    """Merge nested ``overrides`` into ``root/params.yaml``."""
+    path = root / "params.yaml"
+    data = yaml.safe_load(path.read_text()) or {}
+
+    def merge(base: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+
+    merge(data, overrides)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+# Few epochs so pipeline tests stay quick; the defaults are exercised by `make run`.
+FAST_PARAMS = {"train": {"epochs": 3}}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh copy of the repository (git + DVC) with fast training params."""
+    return make_project(tmp_path / "repo", FAST_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One full ``dvc repro`` of a fresh copy, shared read-only by tests that inspect outputs."""
+    root = make_project(tmp_path_factory.mktemp("reproduced") / "repo", FAST_PARAMS)
+    dvc("repro", cwd=root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "GX_ANALYTICS_ENABLED": "False",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
