@@ -148,6 +148,10 @@ class EvaluateParams(_Section):
     slice_max_gap: UnitFraction = 0.05
     explain: bool = True
     explain_samples: PositiveInt = 50
+    explain_method: Literal["integrated_gradients", "gradient_x_input"] = "integrated_gradients"
+    explain_steps: PositiveInt = 32
+    explain_errors: PositiveInt = 16
+    explain_repeats: PositiveInt = 5
 
 
 class RegisterParams(_Section):
