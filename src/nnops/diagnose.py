@@ -1,0 +1,223 @@
+"""Over- and underfitting diagnosis: a verdict, the evidence behind it and one action to take.
+
+Pure functions only: they take the scores the evaluate stage computed and the per-epoch history the
+train stage wrote, and return data. Thresholds come from ``params.evaluate.fit``.
+
+Evidence, in the order it is checked:
+
+1. Training accuracy below ``min_train_accuracy``: the model cannot even fit the data it was
+   trained on, so it underfits whatever the gap says.
+2. Generalisation gap: training minus validation accuracy above ``max_accuracy_gap``, or
+   validation minus training loss above ``max_loss_gap``: it overfits.
+3. Best epoch against the last: validation loss ended more than ``min_val_loss_rise`` above its
+   best while training loss kept falling: it overfits (training went on past the useful point).
+
+Otherwise the fit is good.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from nnops.config import FitThresholds
+
+Verdict = Literal["underfitting", "overfitting", "good fit"]
+
+UNDERFITTING: Verdict = "underfitting"
+OVERFITTING: Verdict = "overfitting"
+GOOD_FIT: Verdict = "good fit"
+
+ACTIONS: dict[Verdict, str] = {
+    UNDERFITTING: (
+        "Give the model more capacity or more training: add units or layers to "
+        "train.hidden_layers, raise train.epochs, or raise train.learning_rate; remove "
+        "regularisation (train.l2, dropout) if any is set."
+    ),
+    OVERFITTING: (
+        "Regularise or stop earlier: set dropout in train.hidden_layers or train.l2, turn on "
+        "train.early_stopping.enabled, lower train.epochs, or train on more data."
+    ),
+    GOOD_FIT: (
+        "No change needed for fit; compare the test metrics with the current champion before "
+        "relying on it."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EpochEvidence:
+    """What the per-epoch history says: where validation loss was best and how far it rose."""
+
+    best_epoch: int
+    last_epoch: int
+    best_val_loss: float
+    last_val_loss: float
+    val_loss_rise: float
+    train_loss_change: float
+    """Last minus best-epoch training loss; negative when training loss kept falling."""
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The verdict, every number it rests on, the reasons in words and one recommended action."""
+
+    verdict: Verdict
+    train_accuracy: float
+    val_accuracy: float
+    train_loss: float
+    val_loss: float
+    accuracy_gap: float
+    loss_gap: float
+    epochs: EpochEvidence | None
+    reasons: tuple[str, ...]
+    action: str
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        """Return the flat ``fit`` block of ``reports/metrics.json`` (numbers plus the verdict)."""
+        out: dict[str, Any] = {
+            "verdict": self.verdict,
+            "underfitting": int(self.verdict == UNDERFITTING),
+            "overfitting": int(self.verdict == OVERFITTING),
+            "accuracy_gap": self.accuracy_gap,
+            "loss_gap": self.loss_gap,
+        }
+        if self.epochs is not None:
+            out.update(
+                best_epoch=self.epochs.best_epoch,
+                last_epoch=self.epochs.last_epoch,
+                val_loss_rise=self.epochs.val_loss_rise,
+                train_loss_change=self.epochs.train_loss_change,
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return everything as plain JSON-ready data."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """Return a few plain lines for the end of the stage's output."""
+        lines = [
+            f"fit: {self.verdict}",
+            f"  train accuracy {self.train_accuracy:.4f}, validation accuracy "
+            f"{self.val_accuracy:.4f} (gap {self.accuracy_gap:+.4f})",
+            f"  train loss {self.train_loss:.4f}, validation loss {self.val_loss:.4f} "
+            f"(gap {self.loss_gap:+.4f})",
+        ]
+        if self.epochs is not None:
+            e = self.epochs
+            lines.append(
+                f"  best validation loss at epoch {e.best_epoch} of {e.last_epoch}; "
+                f"rise since then {e.val_loss_rise:+.4f}, training loss change "
+                f"{e.train_loss_change:+.4f}"
+            )
+        lines.extend(f"  - {reason}" for reason in self.reasons)
+        lines.append(f"  action: {self.action}")
+        return "\n".join(lines)
+
+
+def epoch_evidence(history: Mapping[str, Sequence[float]]) -> EpochEvidence | None:
+    """Find the best validation-loss epoch and how validation and training loss moved after it.
+
+    Args:
+        history: per-epoch columns as written by the train stage (``epoch``, ``loss``,
+            ``val_loss``); epochs are counted from 1 when no ``epoch`` column is given.
+    """
+    val_loss = [float(v) for v in history.get("val_loss", ())]
+    loss = [float(v) for v in history.get("loss", ())]
+    if not val_loss or len(loss) != len(val_loss):
+        return None
+    finite = [i for i, v in enumerate(val_loss) if math.isfinite(v)]
+    if not finite:
+        return None
+    epochs = [int(e) for e in history.get("epoch", range(1, len(val_loss) + 1))]
+    # Keras' CSVLogger counts from 0; report epochs counted from 1 either way.
+    offset = 1 if epochs and epochs[0] == 0 else 0
+    best = min(finite, key=lambda i: val_loss[i])
+    last = len(val_loss) - 1
+    return EpochEvidence(
+        best_epoch=epochs[best] + offset,
+        last_epoch=epochs[last] + offset,
+        best_val_loss=val_loss[best],
+        last_val_loss=val_loss[last],
+        val_loss_rise=val_loss[last] - val_loss[best],
+        train_loss_change=loss[last] - loss[best],
+    )
+
+
+def diagnose(
+    train: Mapping[str, float],
+    val: Mapping[str, float],
+    history: Mapping[str, Sequence[float]] | None,
+    thresholds: FitThresholds,
+) -> Diagnosis:
+    """Decide between underfitting, overfitting and a good fit.
+
+    Args:
+        train: ``accuracy`` and ``loss`` of the final model on the training split.
+        val: the same on the validation split.
+        history: per-epoch training history (``loss``, ``val_loss``), or None when unknown.
+        thresholds: the ``evaluate.fit`` params.
+    """
+    for name, scores in (("train", train), ("val", val)):
+        missing = [k for k in ("accuracy", "loss") if k not in scores]
+        if missing:
+            raise ValueError(f"{name} scores lack {', '.join(missing)}; received {dict(scores)}")
+    train_acc, val_acc = float(train["accuracy"]), float(val["accuracy"])
+    train_loss, val_loss = float(train["loss"]), float(val["loss"])
+    accuracy_gap = train_acc - val_acc
+    loss_gap = val_loss - train_loss
+    epochs = epoch_evidence(history) if history is not None else None
+
+    under: list[str] = []
+    over: list[str] = []
+    t = thresholds
+    if train_acc < t.min_train_accuracy:
+        under.append(
+            f"training accuracy {train_acc:.4f} is below the floor "
+            f"evaluate.fit.min_train_accuracy={t.min_train_accuracy}"
+        )
+    if accuracy_gap > t.max_accuracy_gap:
+        over.append(
+            f"training minus validation accuracy {accuracy_gap:.4f} exceeds "
+            f"evaluate.fit.max_accuracy_gap={t.max_accuracy_gap}"
+        )
+    if loss_gap > t.max_loss_gap:
+        over.append(
+            f"validation minus training loss {loss_gap:.4f} exceeds "
+            f"evaluate.fit.max_loss_gap={t.max_loss_gap}"
+        )
+    rising = epochs is not None and epochs.val_loss_rise > t.min_val_loss_rise
+    if rising and epochs.train_loss_change < 0:
+        over.append(
+            f"validation loss rose {epochs.val_loss_rise:.4f} after its best at epoch "
+            f"{epochs.best_epoch} (of {epochs.last_epoch}) while training loss kept falling; "
+            f"limit evaluate.fit.min_val_loss_rise={t.min_val_loss_rise}"
+        )
+
+    if under:
+        verdict, reasons = UNDERFITTING, under
+    elif over:
+        verdict, reasons = OVERFITTING, over
+    else:
+        verdict = GOOD_FIT
+        reasons = [
+            f"training accuracy {train_acc:.4f} reaches the floor {t.min_train_accuracy}, and "
+            "the gaps stay within evaluate.fit limits"
+        ]
+    return Diagnosis(
+        verdict=verdict,
+        train_accuracy=train_acc,
+        val_accuracy=val_acc,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        accuracy_gap=accuracy_gap,
+        loss_gap=loss_gap,
+        epochs=epochs,
+        reasons=tuple(reasons),
+        action=ACTIONS[verdict],
+        thresholds=t.model_dump(),
+    )

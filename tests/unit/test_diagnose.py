@@ -1,0 +1,149 @@
+"""The fit diagnosis: pure cases on hand-made numbers, then three real trainings on digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnops.config import FitThresholds
+from nnops.diagnose import ACTIONS, GOOD_FIT, OVERFITTING, UNDERFITTING, diagnose, epoch_evidence
+
+pytestmark = pytest.mark.unit
+
+T = FitThresholds(min_train_accuracy=0.9, max_accuracy_gap=0.05, max_loss_gap=0.15,
+                  min_val_loss_rise=0.1)  # fmt: skip
+
+
+def scores(acc: float, loss: float) -> dict[str, float]:
+    return {"accuracy": acc, "loss": loss}
+
+
+def test_low_training_accuracy_is_underfitting_even_with_a_gap():
+    d = diagnose(scores(0.6, 1.2), scores(0.4, 1.6), None, T)
+    assert d.verdict == UNDERFITTING
+    assert d.action == ACTIONS[UNDERFITTING]
+    assert "0.6000 is below the floor evaluate.fit.min_train_accuracy=0.9" in d.reasons[0]
+
+
+def test_accuracy_gap_alone_is_overfitting():
+    d = diagnose(scores(0.99, 0.05), scores(0.90, 0.10), None, T)
+    assert d.verdict == OVERFITTING
+    assert d.accuracy_gap == pytest.approx(0.09)
+    assert any("max_accuracy_gap" in r for r in d.reasons)
+
+
+def test_loss_gap_alone_is_overfitting():
+    d = diagnose(scores(0.99, 0.02), scores(0.97, 0.30), None, T)
+    assert d.verdict == OVERFITTING
+    assert d.loss_gap == pytest.approx(0.28)
+    assert [r for r in d.reasons if "max_loss_gap" in r]
+
+
+def test_small_gaps_are_a_good_fit_and_metrics_carry_the_verdict():
+    d = diagnose(scores(0.98, 0.06), scores(0.96, 0.12), None, T)
+    assert d.verdict == GOOD_FIT
+    m = d.metrics()
+    assert m["verdict"] == "good fit" and m["overfitting"] == 0 and m["underfitting"] == 0
+    assert "best_epoch" not in m  # no history given
+
+
+def test_val_loss_rising_while_train_loss_falls_is_overfitting():
+    history = {
+        "epoch": [0, 1, 2, 3, 4],
+        "loss": [1.0, 0.5, 0.3, 0.2, 0.1],
+        "val_loss": [1.0, 0.4, 0.35, 0.45, 0.50],
+    }
+    e = epoch_evidence(history)
+    assert (e.best_epoch, e.last_epoch) == (3, 5)  # counted from 1
+    assert e.val_loss_rise == pytest.approx(0.15)
+    assert e.train_loss_change == pytest.approx(-0.2)
+    d = diagnose(scores(0.97, 0.1), scores(0.95, 0.2), history, T)
+    assert d.verdict == OVERFITTING
+    assert any("rose 0.1500 after its best at epoch 3" in r for r in d.reasons)
+    assert d.metrics()["best_epoch"] == 3
+
+
+def test_val_loss_rise_with_train_loss_rising_too_is_not_overfitting():
+    # Both losses rise together (e.g. a too-high learning rate): not the overfitting pattern.
+    history = {"loss": [0.3, 0.2, 0.4], "val_loss": [0.3, 0.2, 0.45]}
+    d = diagnose(scores(0.97, 0.1), scores(0.95, 0.2), history, T)
+    assert d.verdict == GOOD_FIT
+    assert d.epochs.best_epoch == 2  # epochs counted from 1 without an epoch column
+
+
+def test_missing_scores_are_named():
+    with pytest.raises(ValueError, match="val scores lack loss"):
+        diagnose(scores(0.9, 0.1), {"accuracy": 0.9}, None, T)
+
+
+def test_summary_mentions_verdict_evidence_and_action():
+    d = diagnose(scores(0.99, 0.02), scores(0.97, 0.30), None, T)
+    text = d.summary()
+    assert text.startswith("fit: overfitting")
+    assert "action: Regularise" in text
+
+
+# --- Real trainings on scikit-learn's bundled digits (small and fast) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x, y = data.data.astype("float32"), data.target.astype("int64")
+    x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.3, random_state=42, stratify=y)
+    x_va, _, y_va, _ = train_test_split(x_rest, y_rest, test_size=0.5, random_state=42,
+                                        stratify=y_rest)  # fmt: skip
+    return x_tr, y_tr, x_va, y_va
+
+
+def train_and_diagnose(digits, units, epochs, batch_size=32, lr=0.001, subset=None, noise=0.0):
+    import keras
+
+    from nnops import evaluate as ev
+
+    x_tr, y_tr, x_va, y_va = digits
+    rng = np.random.default_rng(0)
+    if subset:
+        idx = rng.choice(len(x_tr), subset, replace=False)
+        x_tr, y_tr = x_tr[idx], y_tr[idx].copy()
+    if noise:
+        flip = rng.random(len(y_tr)) < noise
+        y_tr[flip] = rng.integers(0, 10, flip.sum())
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Rescaling(1 / 16)]
+        + [keras.layers.Dense(u, activation="relu") for u in units]
+        + [keras.layers.Dense(10, activation="softmax")]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], steps_per_execution=8)  # fmt: skip
+    history = model.fit(x_tr, y_tr, validation_data=(x_va, y_va), epochs=epochs,
+                        batch_size=batch_size, verbose=0)  # fmt: skip
+    names = [str(i) for i in range(10)]
+    train = ev.score_split(y_tr, ev.predict_proba(model, x_tr), names)
+    val = ev.score_split(y_va, ev.predict_proba(model, x_va), names)
+    return diagnose(train.headline(), val.headline(), history.history, FitThresholds())
+
+
+def test_tiny_model_trained_briefly_underfits(digits):
+    d = train_and_diagnose(digits, units=[2], epochs=1)
+    assert d.verdict == UNDERFITTING, d.summary()
+    assert d.train_accuracy < 0.9
+
+
+def test_large_model_on_small_noisy_subset_trained_long_overfits(digits):
+    d = train_and_diagnose(digits, units=[256, 256], epochs=60, batch_size=16, lr=0.003,
+                           subset=120, noise=0.3)  # fmt: skip
+    assert d.verdict == OVERFITTING, d.summary()
+    assert d.accuracy_gap > 0.05
+    assert d.epochs.best_epoch < d.epochs.last_epoch
+    assert d.epochs.train_loss_change < 0
+
+
+def test_default_model_on_digits_is_a_good_fit(digits):
+    d = train_and_diagnose(digits, units=[64, 64], epochs=20)
+    assert d.verdict == GOOD_FIT, d.summary()
+    assert d.train_accuracy >= 0.9
