@@ -36,8 +36,11 @@ lint: setup  ## ruff lint and format check
 format: setup  ## format the code with ruff
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-ui: setup  ## open the MLflow UI on 127.0.0.1:5000 against the project's store
-	. $(BIN)/activate && python -m nnops.tracking ui
+ui: setup  ## open the MLflow UI on 127.0.0.1:5000 against the project's store (PORT=5000)
+	. $(BIN)/activate && python -m nnops.ui ui --port $(or $(PORT),5000)
+
+server: setup  ## start a team MLflow tracking server on 127.0.0.1:5000 (sqlite + artifacts in mlserver/)
+	. $(BIN)/activate && python -m nnops.ui server --port $(or $(PORT),5000)
 
 bench: setup  ## run the benchmarks in bench/
 	. $(BIN)/activate && for b in bench/*.py; do python $$b; done

@@ -1,0 +1,203 @@
+"""The users' CI workflow is valid, runs the same scripts as .ci/run, and its report is right."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BIN, REPO, project_env, run
+
+pytestmark = pytest.mark.unit
+
+WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
+CI_RUN = REPO / ".ci" / "run"
+CHECK_JSONSCHEMA = str(BIN / "check-jsonschema")
+
+# The shared steps: each must appear in both the workflow and .ci/run.
+SHARED_STEPS = ("make lint", "make test", "scripts/ci_pipeline.sh", "scripts/ci_report.sh")
+
+
+def _workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def _run_lines(workflow: dict) -> str:
+    steps = [s for job in workflow["jobs"].values() for s in job["steps"]]
+    return "\n".join(s.get("run", "") for s in steps)
+
+
+def _schema_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_workflow_matches_github_schema(tmp_path: Path) -> None:
+    ok = _schema_check(WORKFLOW)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # The checker really checks: a job without runs-on is rejected.
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text().replace("runs-on:", "runs_on:", 1))
+    bad = _schema_check(broken)
+    assert bad.returncode != 0
+    assert "runs-on" in bad.stdout + bad.stderr
+
+
+def test_workflow_and_ci_run_share_the_same_scripts() -> None:
+    workflow_runs = _run_lines(_workflow())
+    ci_run = CI_RUN.read_text()
+    for step in SHARED_STEPS:
+        assert step in workflow_runs, f"{WORKFLOW.name} does not run {step!r}"
+        assert step in ci_run, f".ci/run does not run {step!r}"
+    for script in re.findall(r"scripts/[\w.]+", workflow_runs + ci_run):
+        assert (REPO / script).is_file(), f"{script} is referenced but missing"
+
+
+def test_workflow_reports_to_summary_and_pull_request() -> None:
+    workflow = _workflow()
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as True
+    assert "pull_request" in triggers and "push" in triggers
+    (job,) = workflow["jobs"].values()
+    assert job["timeout-minutes"] <= 90
+    checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["fetch-depth"] == 0, "the report needs the base branch's history"
+    report = next(s for s in job["steps"] if "ci_report.sh" in s.get("run", ""))
+    assert "$GITHUB_STEP_SUMMARY" in report["run"]
+    comment = next(s for s in job["steps"] if "gh pr comment" in s.get("run", ""))
+    assert comment["if"] == "github.event_name == 'pull_request'"
+    assert "pull-requests" in workflow["permissions"]
+
+
+def test_workflow_expressions_use_known_contexts() -> None:
+    text = WORKFLOW.read_text()
+    workflow = _workflow()
+    defined_env = set(workflow.get("env", {}))
+    for job in workflow["jobs"].values():
+        defined_env |= set(job.get("env", {}))
+        for step in job["steps"]:
+            defined_env |= set(step.get("env", {}))
+    contexts = {"github", "env", "secrets", "vars", "runner", "job", "steps", "matrix", "inputs"}
+    expressions = re.findall(r"\$\{\{(.*?)\}\}", text)
+    assert expressions
+    for expr in expressions:
+        for name in re.findall(r"(?<![\w.'])([a-z_]+)\.", expr):
+            assert name in contexts, f"unknown context {name!r} in ${{{{{expr}}}}}"
+        for var in re.findall(r"\benv\.(\w+)", expr):
+            assert var in defined_env, f"env.{var} is not defined in the workflow"
+
+
+@pytest.mark.parametrize(
+    "script", ["ci_pipeline.sh", "ci_report.sh", "ensure_chromium.sh"], ids=str
+)
+def test_shell_scripts_parse(script: str) -> None:
+    proc = subprocess.run(["bash", "-n", str(REPO / "scripts" / script)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _write_reports(root: Path, accuracy: float, verdict: str) -> None:
+    reports = root / "reports"
+    reports.mkdir(exist_ok=True)
+    metrics = {
+        "test": {"accuracy": accuracy, "loss": 1 - accuracy},
+        "fit": {"verdict": verdict, "accuracy_gap": 0.02, "best_epoch": 4, "last_epoch": 5},
+    }
+    (reports / "metrics.json").write_text(json.dumps(metrics))
+    evaluation = {"verdict": verdict, "reasons": ["train and validation accuracy are close"]}
+    evaluation["action"] = "keep the model"
+    (reports / "evaluation.json").write_text(json.dumps(evaluation))
+    registry = {"registered": True, "version": 3, "alias": "champion", "reason": "passed"}
+    (reports / "registry.json").write_text(json.dumps(registry))
+
+
+def test_verdict_section_names_verdict_evidence_and_gate(tmp_path: Path) -> None:
+    _write_reports(tmp_path, 0.95, "good_fit")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "ci_verdict.py"), str(tmp_path / "reports")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "**good_fit**" in out and "test accuracy = 0.9500" in out
+    assert "- train and validation accuracy are close" in out
+    assert "recommended action: keep the model" in out
+    assert "registered as version 3, alias @champion (passed)" in out
+
+
+def test_verdict_section_fails_without_a_verdict(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.9}}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "ci_verdict.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "metrics.json: no fit.verdict" in proc.stderr
+
+
+STAGE = """\
+stages:
+  evaluate:
+    cmd: python evaluate.py
+    params: [train.learning_rate]
+    metrics:
+      - reports/metrics.json:
+          cache: false
+"""
+
+# Stands in for the real stages: the report only reads params.yaml and the reports/ files.
+EVALUATE = """\
+import json, pathlib, yaml
+lr = yaml.safe_load(open("params.yaml"))["train"]["learning_rate"]
+acc = {0.001: 0.9, 0.01: 0.95}[lr]
+pathlib.Path("reports").mkdir(exist_ok=True)
+json.dump({"test": {"accuracy": acc}, "fit": {"verdict": "good_fit" if acc > 0.92 else "underfitting"}},
+          open("reports/metrics.json", "w"))
+"""
+
+
+@pytest.mark.pipeline
+def test_ci_report_on_a_real_repo_with_two_commits(tmp_path: Path) -> None:
+    env = project_env()
+    dvc = str(BIN / "dvc")
+    (tmp_path / "scripts").mkdir()
+    for name in ("ci_report.sh", "ci_verdict.py"):
+        (tmp_path / "scripts" / name).write_bytes((REPO / "scripts" / name).read_bytes())
+    (tmp_path / "dvc.yaml").write_text(STAGE)
+    (tmp_path / "evaluate.py").write_text(EVALUATE)
+    (tmp_path / "params.yaml").write_text("train:\n  learning_rate: 0.001\n")
+    run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, env=env)
+    run([dvc, "init", "-q"], cwd=tmp_path, env=env)
+    run([dvc, "repro", "-q"], cwd=tmp_path, env=env)
+    run(["git", "add", "-A"], cwd=tmp_path, env=env)
+    run(["git", "commit", "-qm", "baseline"], cwd=tmp_path, env=env)
+    run(["git", "checkout", "-qb", "feature"], cwd=tmp_path, env=env)
+    (tmp_path / "params.yaml").write_text("train:\n  learning_rate: 0.01\n")
+    run([dvc, "repro", "-q"], cwd=tmp_path, env=env)
+    run(["git", "commit", "-qam", "faster learning"], cwd=tmp_path, env=env)
+
+    report = run(["bash", "scripts/ci_report.sh", "main"], cwd=tmp_path, env=env).stdout
+    assert "**good_fit**" in report
+    metrics_rows = [line for line in report.splitlines() if "test.accuracy" in line]
+    assert metrics_rows, report
+    assert re.search(r"0\.9\s*\|\s*0\.95\s*\|\s*0\.05", metrics_rows[0]), metrics_rows[0]
+    params_rows = [line for line in report.splitlines() if "train.learning_rate" in line]
+    assert params_rows and "0.001" in params_rows[0] and "0.01" in params_rows[0], report
+
+    # A base the clone does not have falls back to HEAD and says so; nothing changed there.
+    fallback = run(["bash", "scripts/ci_report.sh", "origin/nope"], cwd=tmp_path, env=env).stdout
+    assert "`origin/nope` was not found" in fallback
+    assert "No params changed." in fallback
+
+    (tmp_path / "reports" / "metrics.json").unlink()
+    missing = run(["bash", "scripts/ci_report.sh", "main"], cwd=tmp_path, env=env, check=False)
+    assert missing.returncode != 0
+    assert "reports/metrics.json is missing" in missing.stderr
