@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import BIN, REPO, project_env, run
 
 pytestmark = pytest.mark.unit
@@ -159,8 +160,9 @@ import json, pathlib, yaml
 lr = yaml.safe_load(open("params.yaml"))["train"]["learning_rate"]
 acc = {0.001: 0.9, 0.01: 0.95}[lr]
 pathlib.Path("reports").mkdir(exist_ok=True)
-json.dump({"test": {"accuracy": acc}, "fit": {"verdict": "good_fit" if acc > 0.92 else "underfitting"}},
-          open("reports/metrics.json", "w"))
+verdict = "good_fit" if acc > 0.92 else "underfitting"
+metrics = {"test": {"accuracy": acc}, "fit": {"verdict": verdict}}
+pathlib.Path("reports/metrics.json").write_text(json.dumps(metrics))
 """
 
 
