@@ -1,0 +1,463 @@
+"""Bring a data source into one raw table: features, an integer ``label`` and an ``origin``.
+
+Each source becomes a :class:`RawData`: a pandas frame (feature columns, ``label``, ``origin``
+= ``"train"``/``"test"``, any excluded slice columns) and a metadata dict. Reading a source
+touches files or the network; turning arrays or a CSV table into a :class:`RawData` is pure.
+scikit-learn and Keras are imported only by the sources that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nnops.config import DataParams
+from nnops.errors import NnopsError
+from nnops.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+LABEL = "label"
+ORIGIN = "origin"
+RESERVED = (LABEL, ORIGIN)
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+# The value range each built-in pixel source is known to use.
+PIXEL_RANGES: dict[str, tuple[float, float]] = {
+    "digits": (0.0, 16.0),
+    "mnist": (0.0, 255.0),
+    "fashion_mnist": (0.0, 255.0),
+}
+
+
+@dataclass(frozen=True)
+class RawData:
+    """The raw table and its metadata, as written to ``data/raw``."""
+
+    frame: pd.DataFrame
+    meta: dict[str, Any]
+
+
+# ---------------------------------------------------------------- pure constructors
+
+
+def encode_labels(labels: pd.Series, column: str) -> tuple[np.ndarray, list[str]]:
+    """Map class labels (integers or strings) to class indices ``0..k-1``.
+
+    Classes are ordered by value (numerically for numbers), so labels that already are
+    ``0..k-1`` keep their values.
+
+    Args:
+        labels: the label values.
+        column: the column name, for messages.
+    """
+    missing = labels.isna().to_numpy()
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        raise NnopsError(
+            f"label column {column!r} has {int(missing.sum())} empty value(s) "
+            f"(first at row {first})"
+        )
+    if pd.api.types.is_bool_dtype(labels):
+        labels = labels.astype(np.int64)
+    if pd.api.types.is_numeric_dtype(labels):
+        values = labels.to_numpy()
+        if not np.all(np.isfinite(values)) or not np.all(np.mod(values, 1) == 0):
+            bad = values[~(np.isfinite(values) & (np.mod(values, 1) == 0))][0]
+            raise NnopsError(
+                f"label column {column!r} holds {bad!r}; class labels must be integers or strings"
+            )
+        classes, codes = np.unique(values.astype(np.int64), return_inverse=True)
+        names = [str(int(c)) for c in classes]
+    else:
+        classes, codes = np.unique(labels.astype(str).to_numpy(), return_inverse=True)
+        names = [str(c) for c in classes]
+    return codes.astype(np.int64), names
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """Return a sha256 over the column names, dtypes and values of ``frame``.
+
+    Args:
+        frame: the raw table.
+    """
+    digest = hashlib.sha256()
+    for dtype, columns in frame.columns.groupby(frame.dtypes.astype(str)).items():
+        digest.update(f"{dtype}:{','.join(map(str, columns))}\n".encode())
+        block = frame[list(columns)]
+        if pd.api.types.is_numeric_dtype(block.dtypes.iloc[0]):
+            digest.update(np.ascontiguousarray(block.to_numpy()).tobytes())
+        else:
+            for column in columns:
+                digest.update("\0".join(block[column].astype(str)).encode())
+    return digest.hexdigest()
+
+
+def _meta(
+    source: str,
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    class_names: Sequence[str],
+    image_shape: Sequence[int] | None,
+    has_test_split: bool,
+    value_range: tuple[float, float] | None,
+    exclude_columns: Sequence[str] = (),
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "n_rows": len(frame),
+        "n_features": len(features),
+        "feature_names": list(features),
+        "class_names": list(class_names),
+        "label_mapping": {name: i for i, name in enumerate(class_names)},
+        "image_shape": list(image_shape) if image_shape else None,
+        "has_test_split": has_test_split,
+        "value_range": list(value_range) if value_range else None,
+        "exclude_columns": list(exclude_columns),
+        "content_hash": content_hash(frame),
+    }
+
+
+def from_arrays(
+    source: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> RawData:
+    """Build the raw table from image (or flat) arrays; pixels become ``px_0..px_{d-1}``.
+
+    Args:
+        source: the source name recorded in the metadata.
+        x_train: training inputs, shape (n, ...) .
+        y_train: training labels, shape (n,).
+        x_test: the source's own test inputs, if it has a test split.
+        y_test: the matching test labels.
+        class_names: names for class indices; derived from the labels when omitted.
+        value_range: the known (min, max) of the pixel values, when there is one.
+    """
+    parts = [("train", x_train, y_train)]
+    if x_test is not None and y_test is not None:
+        parts.append(("test", x_test, y_test))
+    for origin, x, y in parts:
+        if len(x) != len(y):
+            raise NnopsError(f"{source}: x_{origin} has {len(x)} rows but y_{origin} has {len(y)}")
+        if np.ndim(y) != 1:
+            raise NnopsError(f"{source}: y_{origin} must be one-dimensional, has shape {y.shape}")
+        if x.ndim < 2:
+            raise NnopsError(f"{source}: x_{origin} must have a feature axis, has shape {x.shape}")
+    shape = x_train.shape[1:]
+    if len(parts) == 2 and x_test.shape[1:] != shape:
+        raise NnopsError(
+            f"{source}: x_test rows have shape {x_test.shape[1:]} but x_train rows {shape}"
+        )
+    x = np.concatenate([p[1].reshape(len(p[1]), -1) for p in parts])
+    labels = pd.Series(np.concatenate([np.asarray(p[2]) for p in parts]))
+    codes, names = encode_labels(labels, "y")
+    if class_names is not None:
+        if len(class_names) < len(names) or int(labels.max()) >= len(class_names):
+            raise NnopsError(f"{source}: labels exceed the {len(class_names)} known classes")
+        codes, names = labels.to_numpy().astype(np.int64), list(class_names)
+    features = [f"px_{i}" for i in range(x.shape[1])]
+    frame = pd.DataFrame(x, columns=features)
+    frame[LABEL] = codes
+    frame[ORIGIN] = np.repeat([p[0] for p in parts], [len(p[1]) for p in parts])
+    image_shape = list(shape) if len(shape) >= 2 else None
+    meta = _meta(source, frame, features, names, image_shape, len(parts) == 2, value_range)
+    return RawData(frame=frame, meta=meta)
+
+
+def _numeric_feature(values: pd.Series, column: str, where: str) -> pd.Series:
+    """Return ``values`` as numbers, or fail naming the column and a value that is not one."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype(np.uint8)
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    converted = pd.to_numeric(values, errors="coerce")
+    bad = converted.isna().to_numpy() & values.notna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise NnopsError(
+            f"{where}: feature column {column!r} is not numeric: row {row} holds "
+            f"{values.iloc[row]!r} ({int(bad.sum())} such value(s)); list text columns in "
+            "data.exclude_columns or fix the file"
+        )
+    return converted
+
+
+def from_table(
+    table: pd.DataFrame,
+    label_column: str,
+    exclude_columns: Sequence[str] = (),
+    source: str = "csv",
+    where: str = "csv",
+) -> RawData:
+    """Build the raw table from a user's table: numeric features, a label, slice columns.
+
+    Args:
+        table: the table as read, one row per example.
+        label_column: the column that holds the class label.
+        exclude_columns: columns kept for slicing, not used as features.
+        source: the source name recorded in the metadata.
+        where: the file name, for messages.
+    """
+    columns = [str(c) for c in table.columns]
+    table = table.set_axis(columns, axis=1)
+    if len(set(columns)) != len(columns):
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        raise NnopsError(f"{where}: duplicate column names {dupes}")
+    if label_column not in columns:
+        raise NnopsError(
+            f"{where}: label column {label_column!r} (data.label_column) not found; "
+            f"columns are {columns[:20]}"
+        )
+    missing = [c for c in exclude_columns if c not in columns]
+    if missing:
+        raise NnopsError(
+            f"{where}: data.exclude_columns names {missing} which are not columns of the file; "
+            f"columns are {columns[:20]}"
+        )
+    if label_column in exclude_columns:
+        raise NnopsError(f"{where}: data.exclude_columns must not hold the label {label_column!r}")
+    features = [c for c in columns if c != label_column and c not in exclude_columns]
+    clash = [c for c in (*features, *exclude_columns) if c in RESERVED]
+    if clash:
+        raise NnopsError(
+            f"{where}: column(s) {clash} clash with the names nnops reserves for the label and "
+            "origin; rename them or make one the data.label_column"
+        )
+    if not features:
+        raise NnopsError(f"{where}: no feature columns left after the label and exclusions")
+    if table.empty:
+        raise NnopsError(f"{where}: the file has a header but no rows")
+    frame = pd.DataFrame({c: _numeric_feature(table[c], c, where) for c in features})
+    codes, names = encode_labels(table[label_column], label_column)
+    frame[LABEL] = codes
+    frame[ORIGIN] = "train"
+    for column in exclude_columns:
+        frame[column] = table[column].to_numpy()
+    meta = _meta(source, frame, features, names, None, False, None, exclude_columns)
+    meta["label_column"] = label_column
+    return RawData(frame=frame, meta=meta)
+
+
+# ---------------------------------------------------------------- readers (files, network)
+
+
+def fetch(url: str, cache_dir: str | Path, sha256: str | None = None, timeout: float = 60) -> Path:
+    """Download ``url`` into ``cache_dir`` once and return the cached file.
+
+    A cached copy is reused when it exists (and matches ``sha256`` when one is given). A
+    download that fails or does not match the checksum leaves nothing behind.
+
+    Args:
+        url: an http(s) or file URL.
+        cache_dir: the download cache directory.
+        sha256: the expected sha256 hex digest of the file, if known.
+        timeout: seconds to wait for the server.
+    """
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    key = hashlib.sha256(url.encode()).hexdigest()[:12]
+    target = Path(cache_dir) / f"{key}-{name}"
+    expected = sha256.lower() if sha256 else None
+    if target.exists():
+        if expected is None or _sha256(target) == expected:
+            log.info("using cached %s for %s", target, url)
+            return target
+        log.info("cached %s does not match data.sha256; downloading again", target)
+    log.info("downloading %s", url)
+    try:
+        with atomic_path(target) as tmp:
+            digest = hashlib.sha256()
+            with urllib.request.urlopen(url, timeout=timeout) as response, tmp.open("wb") as out:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if expected is not None and digest.hexdigest() != expected:
+                raise NnopsError(
+                    f"data.url {url}: sha256 is {digest.hexdigest()}, expected {expected} "
+                    "(data.sha256); the download was discarded"
+                )
+    except urllib.error.HTTPError as exc:
+        raise NnopsError(
+            f"data.url {url}: download failed (HTTP {exc.code} {exc.reason})"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise NnopsError(f"data.url {url}: download failed ({reason})") from None
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_npz(path: str | Path, source: str = "npz") -> RawData:
+    """Read a file in the keras MNIST layout (``x_train, y_train, x_test, y_test``).
+
+    Args:
+        path: the ``.npz`` file.
+        source: the source name recorded in the metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NnopsError(f"{path}: npz file not found (data.path)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise NnopsError(
+                    f"{path}: missing key(s) {missing}; an npz source needs {list(NPZ_KEYS)}, "
+                    f"the file has {sorted(npz.files)}"
+                )
+            arrays = {k: npz[k] for k in NPZ_KEYS}
+    except (OSError, ValueError) as exc:
+        raise NnopsError(f"{path}: cannot read as npz ({exc})") from None
+    x = arrays["x_train"]
+    value_range = None
+    if np.issubdtype(x.dtype, np.integer) and x.size and x.min() >= 0 and x.max() <= 255:
+        value_range = (0.0, 255.0)
+    return from_arrays(source, value_range=value_range, **arrays)
+
+
+def read_csv(path: str | Path, label_column: str, exclude_columns: Sequence[str] = ()) -> RawData:
+    """Read a user's CSV: numeric feature columns, a label column and optional slice columns.
+
+    Args:
+        path: the CSV file.
+        label_column: the column that holds the class label.
+        exclude_columns: columns kept for slicing, not used as features.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NnopsError(f"{path}: csv file not found (data.path)")
+    try:
+        table = pd.read_csv(path, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise NnopsError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise NnopsError(f"{path}: cannot parse as CSV ({exc})") from None
+    return from_table(table, label_column, exclude_columns, where=str(path))
+
+
+def load_digits() -> RawData:
+    """Read scikit-learn's bundled 8x8 digits (offline; no test split of its own)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = bunch.images.astype(np.uint8)
+    names = [str(int(t)) for t in bunch.target_names]
+    return from_arrays("digits", images, bunch.target, class_names=names, value_range=(0, 16))
+
+
+def load_keras(name: str, cache_dir: str | Path) -> RawData:
+    """Download (once) MNIST or Fashion-MNIST through ``keras.datasets``.
+
+    Keras caches under ``$KERAS_HOME``; it is pointed at ``cache_dir/keras`` before Keras is
+    imported, unless the user has set it.
+
+    Args:
+        name: ``"mnist"`` or ``"fashion_mnist"``.
+        cache_dir: the download cache directory.
+    """
+    os.environ.setdefault("KERAS_HOME", str((Path(cache_dir) / "keras").resolve()))
+    from keras import datasets
+
+    loader = {"mnist": datasets.mnist, "fashion_mnist": datasets.fashion_mnist}[name]
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    except Exception as exc:  # keras raises plain Exception on download failures
+        raise NnopsError(f"data.source={name}: keras.datasets download failed ({exc})") from None
+    names = list(FASHION_CLASSES) if name == "fashion_mnist" else [str(i) for i in range(10)]
+    return from_arrays(name, x_train, y_train, x_test, y_test, names, PIXEL_RANGES[name])
+
+
+def load(params: DataParams) -> RawData:
+    """Read the source ``params.source`` names.
+
+    Args:
+        params: the ``data`` params section.
+    """
+    if params.source != "csv" and params.exclude_columns:
+        raise NnopsError(
+            f"data.exclude_columns={list(params.exclude_columns)} applies only to "
+            f"data.source=csv; received data.source={params.source!r}"
+        )
+    if params.source == "digits":
+        return load_digits()
+    if params.source in ("mnist", "fashion_mnist"):
+        return load_keras(params.source, params.cache_dir)
+    # config guarantees a path or a url for npz and csv
+    path = fetch(params.url, params.cache_dir, params.sha256) if params.url else Path(params.path)
+    if params.source == "npz":
+        return read_npz(path)
+    return read_csv(path, params.label_column, params.exclude_columns)
+
+
+def write_raw(raw: RawData, out: str | Path) -> None:
+    """Write ``data.parquet`` and ``meta.json`` into ``out`` (each atomically).
+
+    Args:
+        raw: the raw table and metadata.
+        out: the output directory.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nnops.io import write_json
+
+    out = Path(out)
+    table = pa.Table.from_pandas(raw.frame, preserve_index=False)
+    with atomic_path(out / "data.parquet") as tmp:
+        pq.write_table(table, tmp)
+    write_json(out / "meta.json", raw.meta)
+
+
+def read_raw(raw_dir: str | Path) -> RawData:
+    """Read what :func:`write_raw` wrote, naming the missing file if there is one.
+
+    Args:
+        raw_dir: the ``data/raw`` directory.
+    """
+    import pyarrow.parquet as pq
+
+    from nnops.io import read_json
+
+    raw_dir = Path(raw_dir)
+    meta = read_json(raw_dir / "meta.json")
+    path = raw_dir / "data.parquet"
+    if not path.is_file():
+        raise NnopsError(f"{path}: file not found (did the ingest stage run?)")
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise NnopsError(f"{path}: cannot read as parquet ({exc})") from None
+    return RawData(frame=frame, meta=meta)
