@@ -344,8 +344,9 @@ def misclassified_grid_png(
         ax.axis("off")
         ax.text(0.5, 0.5, "no misclassified test examples", ha="center", va="center")
         return _png(fig)
-    rows, cols = _grid(len(errors))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.3 * rows + 0.4), squeeze=False)
+    cols = min(len(errors), 8)
+    rows = math.ceil(len(errors) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.9 * rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, err in zip(axes.ravel(), errors, strict=False):

@@ -441,10 +441,14 @@ def render_markdown(view: Mapping[str, Any]) -> str:
     """
     out = [f"## {view['title']}", ""]
     ok = view["validation_success"]
-    out.append(
-        f"- **Data validation:** {'unknown' if ok is None else 'passed' if ok else 'failed'}"
-        f" ({len(view['failed_expectations'])} of {len(view['expectations'])} expectations failed)"
-    )
+    if view["validation"] is None:
+        out.append("- **Data validation:** unknown (no validation summary)")
+    else:
+        n_failed, n_all = len(view["failed_expectations"]), len(view["expectations"])
+        out.append(
+            f"- **Data validation:** {'passed' if ok else 'failed'} "
+            f"({n_failed} of {n_all} expectations failed)"
+        )
     out.append(f"- **Fit:** {view['verdict'] or 'unknown'}")
     if view["action"]:
         out.append(f"- **Recommended action:** {view['action']}")
