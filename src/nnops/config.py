@@ -78,12 +78,12 @@ class ValidateParams(_Section):
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> ValidateParams:
-        if self.value_min is not None and self.value_max is not None:
-            if self.value_min >= self.value_max:
-                raise ValueError(
-                    f"validate.value_min must be below validate.value_max; received "
-                    f"{self.value_min} >= {self.value_max}"
-                )
+        bounded = self.value_min is not None and self.value_max is not None
+        if bounded and self.value_min >= self.value_max:
+            raise ValueError(
+                f"validate.value_min must be below validate.value_max; received "
+                f"{self.value_min} >= {self.value_max}"
+            )
         if self.min_class_fraction > self.max_class_fraction:
             raise ValueError(
                 "validate.min_class_fraction must not exceed validate.max_class_fraction; "
@@ -241,7 +241,14 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{dotted}: received {received!r}; allowed: {allowed}"
     if kind == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
-    return f"{dotted}: received {received!r}; {error['msg'].lower()}"
+    if kind == "missing":
+        return f"{dotted}: required key is missing"
+    if kind in ("tuple_type", "list_type"):
+        return f"{dotted}: received {received!r}; must be a list, e.g. [a, b] or []"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{dotted}: received {received!r}; must be a mapping of keys to values"
+    message = error["msg"].lower().replace("input should be", "must be")
+    return f"{dotted}: received {received!r}; {message}"
 
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:

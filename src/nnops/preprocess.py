@@ -1,0 +1,216 @@
+"""Split the validated raw table and fit the scaling the model will carry inside itself.
+
+Every split keeps its raw features (``x_raw``) next to the scaled ones (``x``); the fitted
+scaling goes to ``preprocessing.json`` in the form Keras layers take (``Rescaling(scale,
+offset)`` or ``Normalization(mean=..., variance=...)``), so a trained model can take raw input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nnops.config import SplitParams
+from nnops.errors import NnopsError
+from nnops.split import split_indices
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SLICE_PREFIX = "slice__"
+MISSING_SLICE = "(missing)"
+
+
+def resolve_method(scaling: str, value_range: Sequence[float] | None) -> str:
+    """Turn ``preprocess.scaling`` into the method used: ``auto`` rescales pixels, standardises csv.
+
+    Args:
+        scaling: ``auto``, ``rescale``, ``standardize`` or ``none``.
+        value_range: the source's known (min, max) value range, or None (csv).
+    """
+    if scaling == "auto":
+        return "rescale" if value_range else "standardize"
+    return scaling
+
+
+def fit_scaling(
+    method: str, x_train: np.ndarray, value_range: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """Fit the scaling on training rows only.
+
+    ``rescale`` maps the source's known range (pixels: 0..16 or 0..255) to [0, 1]; without a
+    known range it uses the training minimum and maximum. ``standardize`` stores per-feature
+    mean and variance; a constant feature gets variance 1 so it maps to 0, not to infinity.
+
+    Args:
+        method: ``rescale``, ``standardize`` or ``none``.
+        x_train: raw training features, shape (n, d).
+        value_range: the source's known (min, max) value range, if any.
+    """
+    if method == "none":
+        return {"method": "none", "scale": 1.0, "offset": 0.0}
+    if method == "rescale":
+        low, high = value_range if value_range else (float(x_train.min()), float(x_train.max()))
+        if high <= low:
+            raise NnopsError(
+                f"preprocess.scaling=rescale: value range [{low}, {high}] is empty; "
+                "use preprocess.scaling=standardize or none"
+            )
+        return {"method": "rescale", "scale": 1.0 / (high - low), "offset": -low / (high - low)}
+    if method == "standardize":
+        x64 = x_train.astype(np.float64)
+        mean = x64.mean(axis=0)
+        variance = x64.var(axis=0)
+        variance = np.where(variance > 1e-12, variance, 1.0)
+        return {"method": "standardize", "mean": mean.tolist(), "variance": variance.tolist()}
+    raise NnopsError(f"preprocess.scaling: unknown method {method!r}")
+
+
+def apply_scaling(spec: Mapping[str, Any], x_raw: np.ndarray) -> np.ndarray:
+    """Apply a fitted scaling the way the Keras layers do, returning float32.
+
+    Args:
+        spec: the fitted scaling from :func:`fit_scaling`.
+        x_raw: raw features, shape (n, d).
+    """
+    x = x_raw.astype(np.float32)
+    if spec["method"] == "standardize":
+        mean = np.asarray(spec["mean"], dtype=np.float32)
+        std = np.sqrt(np.asarray(spec["variance"], dtype=np.float32))
+        return ((x - mean) / std).astype(np.float32)
+    return (x * np.float32(spec["scale"]) + np.float32(spec["offset"])).astype(np.float32)
+
+
+def slice_values(column: pd.Series) -> np.ndarray:
+    """Return a slice column as a unicode string array (missing values named, no pickle).
+
+    Args:
+        column: the raw column.
+    """
+    return column.astype(object).where(column.notna(), MISSING_SLICE).astype(str).to_numpy(str)
+
+
+def make_splits(
+    frame: pd.DataFrame,
+    meta: Mapping[str, Any],
+    split: SplitParams,
+    scaling: str,
+    slice_columns: Sequence[str] = (),
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """Split the raw table and scale it; return the arrays per split and the fitted scaling.
+
+    Args:
+        frame: the raw table.
+        meta: the raw metadata (feature names, value range).
+        split: the ``split`` params.
+        scaling: ``preprocess.scaling``.
+        slice_columns: raw columns to carry as ``slice__<column>`` string arrays.
+    """
+    missing = [c for c in slice_columns if c not in frame.columns]
+    if missing:
+        raise NnopsError(
+            f"data.exclude_columns names {missing}, which the raw table does not have; "
+            "rerun ingest (dvc repro ingest)"
+        )
+    x_all = frame[list(meta["feature_names"])].to_numpy(dtype=np.float32)
+    y_all = frame["label"].to_numpy(dtype=np.int64)
+    origin = frame["origin"].astype(str).to_numpy() if "origin" in frame.columns else None
+    parts = split_indices(y_all, origin, split.val_fraction, split.test_fraction, split.seed)
+    value_range = meta.get("value_range")
+    spec = fit_scaling(resolve_method(scaling, value_range), x_all[parts.train], value_range)
+    slices = {c: slice_values(frame[c]) for c in slice_columns}
+    arrays = {}
+    for name, rows in zip(SPLITS, parts, strict=True):
+        x_raw = x_all[rows]
+        arrays[name] = {
+            "x_raw": x_raw,
+            "x": apply_scaling(spec, x_raw),
+            "y": y_all[rows],
+            **{f"{SLICE_PREFIX}{c}": values[rows] for c, values in slices.items()},
+        }
+    return arrays, spec
+
+
+def data_hash(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> str:
+    """Return a sha256 over every processed array: split, key, dtype, shape and bytes.
+
+    Args:
+        arrays: the arrays per split, from :func:`make_splits`.
+    """
+    digest = hashlib.sha256()
+    for split in sorted(arrays):
+        for key in sorted(arrays[split]):
+            value = np.ascontiguousarray(arrays[split][key])
+            digest.update(f"{split}/{key}:{value.dtype.str}:{value.shape}\n".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def processed_meta(
+    raw_meta: Mapping[str, Any],
+    arrays: Mapping[str, Mapping[str, np.ndarray]],
+    spec: Mapping[str, Any],
+    slice_columns: Sequence[str],
+) -> dict[str, Any]:
+    """Return the processed metadata: the raw metadata plus split sizes, data hash and slices.
+
+    Args:
+        raw_meta: the raw metadata.
+        arrays: the arrays per split.
+        spec: the fitted scaling.
+        slice_columns: the slice columns carried.
+    """
+    return {
+        **raw_meta,
+        "splits": {name: int(len(arrays[name]["y"])) for name in SPLITS},
+        "data_hash": data_hash(arrays),
+        "slice_columns": list(slice_columns),
+        "preprocessing_method": spec["method"],
+    }
+
+
+def check_validation(report: Mapping[str, Any], raw_meta: Mapping[str, Any], where: str) -> None:
+    """Refuse to preprocess data that did not pass validation, or that changed since.
+
+    Args:
+        report: the validate stage's ``validation.json``.
+        raw_meta: the raw metadata.
+        where: the report path, for messages.
+    """
+    if not report.get("success"):
+        raise NnopsError(f"{where}: the raw data failed validation; fix it and rerun validate")
+    if report.get("content_hash") != raw_meta.get("content_hash"):
+        raise NnopsError(
+            f"{where}: validated content hash {report.get('content_hash')} differs from the raw "
+            f"data's {raw_meta.get('content_hash')}; rerun validate (dvc repro validate)"
+        )
+
+
+def write_processed(
+    out: str | Path,
+    arrays: Mapping[str, Mapping[str, np.ndarray]],
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+) -> None:
+    """Write ``train/val/test.npz``, ``preprocessing.json`` and ``meta.json`` (atomically).
+
+    Args:
+        out: the output directory.
+        arrays: the arrays per split.
+        spec: the fitted scaling.
+        meta: the processed metadata.
+    """
+    from nnops.io import atomic_path, write_json
+
+    out = Path(out)
+    for name in SPLITS:
+        with atomic_path(out / f"{name}.npz") as tmp, tmp.open("wb") as f:
+            np.savez_compressed(f, **arrays[name])
+    write_json(out / "preprocessing.json", dict(spec))
+    write_json(out / "meta.json", dict(meta))
