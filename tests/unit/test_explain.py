@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import io
 
+import keras
 import numpy as np
 import pytest
 
+from nnops import explain
 from nnops.config import EvaluateParams
 from nnops.errors import NnopsError
 
 pytestmark = pytest.mark.unit
-
-import keras  # noqa: E402
-
-from nnops import explain  # noqa: E402
 
 INFORMATIVE_PIXELS = [2, 7, 13]  # on a 4x4 image
 INFORMATIVE_COLUMNS = [0, 3, 5]  # of 8 tabular features
