@@ -85,7 +85,7 @@ def encode_labels(labels: pd.Series, column: str) -> tuple[np.ndarray, list[str]
     if pd.api.types.is_numeric_dtype(labels):
         values = labels.to_numpy()
         if not np.all(np.isfinite(values)) or not np.all(np.mod(values, 1) == 0):
-            bad = values[~(np.isfinite(values) & (np.mod(values, 1) == 0))][0]
+            bad = values[~(np.isfinite(values) & (np.mod(values, 1) == 0))][0].item()
             raise NnopsError(
                 f"label column {column!r} holds {bad!r}; class labels must be integers or strings"
             )

@@ -1,0 +1,276 @@
+"""ingest: each source becomes the raw table of the contract; bad inputs name what is wrong."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nnops import ingest
+from nnops.config import DataParams
+from nnops.errors import NnopsError
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("tensorflow", "keras", "great_expectations", "mlflow")
+
+
+def write_csv(path: Path, rows: int = 12) -> Path:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "height": rng.normal(170, 10, rows).round(1),
+            "weight": rng.integers(50, 90, rows),
+            "city": np.resize(["Oslo", "Lima", "Pune"], rows),
+            "species": np.resize(["owl", "cat", "bee"], rows),
+        }
+    )
+    frame.to_csv(path, index=False)
+    return path
+
+
+def write_npz(path: Path, drop: str | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (20, 4, 4), dtype=np.uint8),
+        "y_train": np.arange(20) % 3,
+        "x_test": rng.integers(0, 256, (6, 4, 4), dtype=np.uint8),
+        "y_test": np.arange(6) % 3,
+    }
+    arrays.pop(drop, None)
+    np.savez(path, **arrays)
+    return path
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on 127.0.0.1 serving a temporary directory."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------- sources
+
+
+def test_digits_is_the_bundled_8x8_set_with_its_pixel_range():
+    raw = ingest.load(DataParams())
+    assert raw.frame.shape == (1797, 64 + 2)
+    assert list(raw.frame.columns[:2]) == ["px_0", "px_1"]
+    assert raw.frame["px_0"].dtype == np.uint8 and raw.frame["label"].dtype == np.int64
+    assert set(raw.frame["origin"]) == {"train"}
+    meta = raw.meta
+    assert meta["image_shape"] == [8, 8] and meta["value_range"] == [0, 16]
+    assert meta["class_names"] == [str(i) for i in range(10)] and not meta["has_test_split"]
+    assert raw.frame.iloc[:, :64].to_numpy().max() == 16
+
+
+def test_npz_keeps_its_test_split(tmp_path: Path):
+    raw = ingest.read_npz(write_npz(tmp_path / "d.npz"))
+    assert raw.frame.shape == (26, 16 + 2)
+    assert (raw.frame["origin"] == "test").sum() == 6
+    assert raw.meta["has_test_split"] and raw.meta["image_shape"] == [4, 4]
+    assert raw.meta["value_range"] == [0, 255]
+    assert raw.meta["feature_names"][-1] == "px_15"
+
+
+def test_npz_missing_key_names_the_key_and_file(tmp_path: Path):
+    path = write_npz(tmp_path / "d.npz", drop="y_test")
+    with pytest.raises(NnopsError, match=r"d\.npz: missing key\(s\) \['y_test'\]"):
+        ingest.read_npz(path)
+
+
+def test_npz_missing_file_names_the_file(tmp_path: Path):
+    with pytest.raises(NnopsError, match=r"nothere\.npz: npz file not found"):
+        ingest.read_npz(tmp_path / "nothere.npz")
+
+
+def test_csv_maps_string_labels_and_keeps_excluded_columns(tmp_path: Path):
+    raw = ingest.read_csv(write_csv(tmp_path / "d.csv"), "species", ["city"])
+    assert list(raw.frame.columns) == ["height", "weight", "label", "origin", "city"]
+    assert raw.meta["class_names"] == ["bee", "cat", "owl"]
+    assert raw.meta["label_mapping"] == {"bee": 0, "cat": 1, "owl": 2}
+    assert raw.frame["label"].tolist()[:3] == [2, 1, 0]  # owl, cat, bee
+    assert raw.frame["city"].tolist()[:2] == ["Oslo", "Lima"]
+    assert raw.meta["feature_names"] == ["height", "weight"]
+    assert raw.meta["exclude_columns"] == ["city"] and raw.meta["value_range"] is None
+
+
+def test_csv_integer_labels_become_class_indices_in_order(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "label": [7, 3, 7, 5]}).to_csv(path, index=False)
+    raw = ingest.read_csv(path, "label")
+    assert raw.meta["class_names"] == ["3", "5", "7"]
+    assert raw.frame["label"].tolist() == [2, 0, 2, 1]
+
+
+def test_csv_missing_label_column_names_it(tmp_path: Path):
+    with pytest.raises(NnopsError, match=r"label column 'kind' \(data.label_column\) not found"):
+        ingest.read_csv(write_csv(tmp_path / "d.csv"), "kind", ["city"])
+
+
+def test_csv_text_feature_names_column_and_value(tmp_path: Path):
+    path = write_csv(tmp_path / "d.csv")
+    with pytest.raises(NnopsError) as err:
+        ingest.read_csv(path, "species")  # city is text but not excluded
+    assert "feature column 'city' is not numeric" in str(err.value)
+    assert "'Oslo'" in str(err.value) and "d.csv" in str(err.value)
+
+
+def test_csv_one_bad_cell_in_a_numeric_column_is_reported(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,label\n1,2,x\n3,four,y\n5,6,x\n")
+    with pytest.raises(NnopsError, match=r"column 'b' is not numeric: row 1 holds 'four'"):
+        ingest.read_csv(path, "label")
+
+
+def test_csv_missing_file_and_unknown_excluded_column(tmp_path: Path):
+    with pytest.raises(NnopsError, match=r"absent\.csv: csv file not found"):
+        ingest.read_csv(tmp_path / "absent.csv", "label")
+    with pytest.raises(NnopsError, match=r"exclude_columns names \['town'\]"):
+        ingest.read_csv(write_csv(tmp_path / "d.csv"), "species", ["town"])
+
+
+def test_csv_missing_cells_pass_through_for_validate_to_catch(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,label\n1,,x\n3,inf,y\n")
+    frame = ingest.read_csv(path, "label").frame
+    assert np.isnan(frame.loc[0, "b"]) and np.isinf(frame.loc[1, "b"])
+
+
+def test_labels_that_are_not_classes_are_refused():
+    with pytest.raises(NnopsError, match="holds 0.5"):
+        ingest.encode_labels(pd.Series([1.0, 0.5]), "y")
+    with pytest.raises(NnopsError, match="1 empty value"):
+        ingest.encode_labels(pd.Series(["a", None]), "kind")
+
+
+def test_exclude_columns_outside_csv_is_refused():
+    with pytest.raises(NnopsError, match="applies only to data.source=csv"):
+        ingest.load(DataParams(source="digits", exclude_columns=("city",)))
+
+
+def test_content_hash_follows_the_values():
+    frame = pd.DataFrame({"a": [1, 2], "label": [0, 1], "origin": ["train", "test"]})
+    same = ingest.content_hash(frame.copy())
+    assert ingest.content_hash(frame) == same
+    changed = frame.copy()
+    changed.loc[1, "origin"] = "train"
+    assert ingest.content_hash(changed) != same
+
+
+def test_raw_round_trip_keeps_columns_and_dtypes(tmp_path: Path):
+    raw = ingest.read_csv(write_csv(tmp_path / "d.csv"), "species", ["city"])
+    ingest.write_raw(raw, tmp_path / "raw")
+    back = ingest.read_raw(tmp_path / "raw")
+    pd.testing.assert_frame_equal(back.frame, raw.frame, check_dtype=False)
+    assert back.frame["weight"].dtype == raw.frame["weight"].dtype
+    assert back.meta == json.loads((tmp_path / "raw/meta.json").read_text())
+    assert ingest.content_hash(back.frame) == raw.meta["content_hash"]
+
+
+# ---------------------------------------------------------------- downloads
+
+
+def test_url_download_is_cached_and_checked(http_root, tmp_path: Path):
+    base, served = http_root
+    data = write_csv(served / "people.csv")
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    params = DataParams(
+        source="csv", url=f"{base}/people.csv", sha256=digest, label_column="species",
+        exclude_columns=("city",), cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    raw = ingest.load(params)
+    assert len(raw.frame) == 12 and raw.meta["class_names"] == ["bee", "cat", "owl"]
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1 and cached[0].read_bytes() == data.read_bytes()
+    data.unlink()  # the server no longer has it: the cached copy must serve
+    assert len(ingest.load(params).frame) == 12
+
+
+def test_npz_download(http_root, tmp_path: Path):
+    base, served = http_root
+    write_npz(served / "mini.npz")
+    params = DataParams(source="npz", url=f"{base}/mini.npz", cache_dir=str(tmp_path / "c"))
+    assert ingest.load(params).meta["has_test_split"]
+
+
+def test_checksum_mismatch_keeps_nothing(http_root, tmp_path: Path):
+    base, served = http_root
+    write_csv(served / "people.csv")
+    with pytest.raises(NnopsError, match=r"sha256 is [0-9a-f]{64}, expected 0{64}"):
+        ingest.fetch(f"{base}/people.csv", tmp_path / "cache", "0" * 64)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_http_error_names_url_and_status(http_root, tmp_path: Path):
+    base, _ = http_root
+    with pytest.raises(NnopsError, match=r"missing\.csv: download failed \(HTTP 404"):
+        ingest.fetch(f"{base}/missing.csv", tmp_path / "cache")
+
+
+# ---------------------------------------------------------------- the stage process
+
+
+def run_ingest(tmp_path: Path, params_yaml: str) -> tuple[subprocess.CompletedProcess, list]:
+    """Run pipelines/ingest.py in a fresh interpreter; return it and the heavy modules loaded."""
+    params = tmp_path / "params.yaml"
+    params.write_text(params_yaml)
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['ingest', '--out', {str(tmp_path / 'raw')!r}, '--params', {str(params)!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(REPO / 'pipelines/ingest.py')!r}, run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    status = exc.code\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
+        "sys.exit(status)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_stage_writes_the_contract_without_importing_tensorflow(tmp_path: Path):
+    proc, heavy = run_ingest(tmp_path, "data: {source: digits}\n")
+    assert proc.returncode == 0, proc.stderr
+    assert heavy == []
+    meta = json.loads((tmp_path / "raw/meta.json").read_text())
+    assert {"source", "n_rows", "n_features", "feature_names", "class_names", "image_shape",
+            "has_test_split", "content_hash", "label_mapping"} <= set(meta)  # fmt: skip
+    assert pd.read_parquet(tmp_path / "raw/data.parquet").shape == (1797, 66)
+
+
+def test_stage_bad_csv_exits_2_naming_the_column(tmp_path: Path):
+    csv = write_csv(tmp_path / "d.csv")
+    proc, heavy = run_ingest(
+        tmp_path, f"data: {{source: csv, path: {csv}, label_column: species}}\n"
+    )
+    assert proc.returncode == 2
+    assert "ingest: error:" in proc.stderr and "'city' is not numeric" in proc.stderr
+    assert heavy == [] and not (tmp_path / "raw/data.parquet").exists()
