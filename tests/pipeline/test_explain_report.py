@@ -60,9 +60,11 @@ def _write_csv(path: Path) -> None:
     Labels in the south are half noise, so that slice must come out flagged.
     """
     rng = np.random.default_rng(7)
-    n = 900
+    n = 1200
     x = rng.normal(size=(n, 6)) * 2.0 + 5.0
-    y = (x[:, 1] > 5.0).astype(int) + (x[:, 4] > 5.0).astype(int)
+    # Three equal classes: f1 in its lowest third, else f4 below or above its median.
+    low = x[:, 1] < np.quantile(x[:, 1], 1 / 3)
+    y = np.where(low, 0, np.where(x[:, 4] < np.median(x[:, 4]), 1, 2))
     region = rng.choice(["north", "south", "east"], size=n)
     noisy = (region == "south") & (rng.random(n) < 0.5)
     y[noisy] = rng.integers(0, 3, size=int(noisy.sum()))
@@ -81,6 +83,7 @@ def csv_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = {
         "data": {"source": "csv", "path": "table.csv", "label_column": "target",
                  "exclude_columns": ["region"]},
+        "validate": {"drift_max_ks": 0.25},  # small random test split: KS noise alone ~0.1
         "train": {"epochs": 15},
         "evaluate": {"slice_by": ["region"], "explain_repeats": 3},
         "register": {"min_test_accuracy": 0.3, "require_good_fit": False},
