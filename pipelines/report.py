@@ -36,6 +36,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
 
         for name in ("report.html", "report.md"):
             mlflow.log_artifact(str(out / name), artifact_path="report")
+        if paths["explain"].is_dir():
+            mlflow.log_artifacts(str(paths["explain"]), artifact_path="explain")
         log.info("logged the report to MLflow run %s", run.info.run_id)
 
 
