@@ -1,0 +1,208 @@
+"""validate: a real GX suite over profile tables; each failure kind caught from a bad raw file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import ks_2samp
+
+from nnops import validate
+from nnops.config import SplitParams, ValidateParams
+from nnops.ingest import RawData, from_arrays, read_raw, write_raw
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def clean_raw() -> RawData:
+    """Pixel-like data (3x3, values 0..16, 3 balanced classes) with its own test split."""
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 17, (3000, 3, 3), dtype=np.uint8)
+    x_test = rng.integers(0, 17, (1000, 3, 3), dtype=np.uint8)
+    y_train, y_test = np.arange(3000) % 3, np.arange(1000) % 3
+    return from_arrays("npz", x_train, y_train, x_test, y_test, value_range=(0.0, 16.0))
+
+
+def check(tmp_path: Path, raw: RawData, **overrides: object) -> dict:
+    """Write ``raw`` as a raw data file, read it back and validate it like the stage does."""
+    write_raw(raw, tmp_path / "raw")
+    back = read_raw(tmp_path / "raw")
+    prof = validate.profile(back.frame, back.meta, SplitParams())
+    checks = validate.build_checks(prof, ValidateParams(**overrides), back.meta)
+    return validate.summarise(prof, checks, validate.run_suites(prof, checks), back.meta)
+
+
+def failed(report: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in report["expectations"] if not e["success"]}
+
+
+def test_clean_data_passes_every_expectation(tmp_path: Path):
+    report = check(tmp_path, clean_raw())
+    assert report["success"] and failed(report) == {}
+    names = {e["name"] for e in report["expectations"]}
+    assert {"schema_columns", "schema_feature_dtypes", "no_missing_features",
+            "no_infinite_features", "value_min", "value_max", "label_set", "min_rows",
+            "class_balance", "duplicate_rows", "drift_ks"} <= names  # fmt: skip
+    assert report["partitions"] == {
+        "basis": "the source's own test split", "train": 2550, "test": 1000,
+    }  # fmt: skip
+    drift = next(e for e in report["expectations"] if e["name"] == "drift_ks")
+    assert drift["column"].startswith("px_") and 0 < drift["observed"] < 0.1
+
+
+def frame_edit(edit: Callable[[pd.DataFrame], pd.DataFrame]) -> RawData:
+    raw = clean_raw()
+    return RawData(frame=edit(raw.frame.copy()), meta=raw.meta)
+
+
+def set_cell(column: str, value: object, rows=slice(0, 1)) -> Callable:
+    def edit(frame: pd.DataFrame) -> pd.DataFrame:
+        if isinstance(value, float) or value is None:
+            frame[column] = frame[column].astype("float64")
+        elif isinstance(value, str):
+            frame[column] = frame[column].astype(str)
+        frame.loc[frame.index[rows], column] = value
+        return frame
+
+    return edit
+
+
+def duplicate_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows 400..799 replaced by copies of rows 0..399: 400 of 4000 rows repeat another."""
+    return pd.concat([frame.iloc[:400], frame.iloc[:400], frame.iloc[800:]], ignore_index=True)
+
+
+def rare_class(frame: pd.DataFrame) -> pd.DataFrame:
+    keep = (frame["label"] != 2) | (frame.index % 50 == 0)
+    return frame[keep].reset_index(drop=True)
+
+
+def shifted_test(frame: pd.DataFrame) -> pd.DataFrame:
+    test = frame["origin"] == "test"
+    frame.loc[test, "px_7"] = np.minimum(frame.loc[test, "px_7"] + 6, 16).astype(np.uint8)
+    return frame
+
+
+def extra_column(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["extra"] = 1.0
+    return frame
+
+
+# (edit of a clean file, the check that must fail, the column it must name, observed value)
+BAD_FILES = {
+    "extra column": (extra_column, "schema_columns", "extra", None),
+    "text feature": (set_cell("px_3", "x"), "schema_feature_dtypes", "px_3", "str"),
+    "missing value": (set_cell("px_2", np.nan), "no_missing_features", "px_2", 1),
+    "infinite value": (set_cell("px_4", np.inf), "no_infinite_features", "px_4", 1),
+    "value above range": (set_cell("px_1", 17), "value_max", "px_1", 17),
+    "value below range": (set_cell("px_0", -1.0), "value_min", "px_0", -1),
+    "unknown label": (set_cell("label", 5), "label_set", "label", [0, 1, 2, 5]),
+    "float label": (set_cell("label", 1.5), "schema_label_dtype", "label", "float64"),
+    "missing label": (set_cell("label", None), "no_missing_labels", "label", None),
+    "bad origin": (set_cell("origin", "holdout"), "schema_origin", "origin", None),
+    "duplicates": (duplicate_rows, "duplicate_rows", "row_hash", 0.1),
+    "rare class": (rare_class, "class_balance", "label", None),
+    "drift": (shifted_test, "drift_ks", "px_7", None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_each_bad_file_fails_its_expectation_and_names_the_column(tmp_path: Path, case: str):
+    edit, name, column, observed = BAD_FILES[case]
+    report = check(tmp_path, frame_edit(edit))
+    assert not report["success"]
+    bad = failed(report)
+    assert name in bad, f"{name} did not fail; failed: {sorted(bad)}"
+    assert column in str(bad[name]["column"])
+    if observed is not None:
+        assert (
+            bad[name]["observed"] == pytest.approx(observed)
+            if isinstance(observed, float)
+            else bad[name]["observed"] == observed
+        )
+    line = next(x for x in validate.failure_lines(report) if x.startswith(f"FAILED {name}:"))
+    assert column in line and str(bad[name]["bound"]) in line
+
+
+def test_failing_checks_are_specific(tmp_path: Path):
+    """A value out of range fails the range check only, not schema, nulls or drift."""
+    report = check(tmp_path, frame_edit(set_cell("px_1", 17)))
+    assert set(failed(report)) == {"value_max"}
+    assert failed(report)["value_max"]["bound"] == "<= 16"
+
+
+def test_too_few_rows(tmp_path: Path):
+    report = check(tmp_path, clean_raw(), min_rows=5000)
+    assert set(failed(report)) == {"min_rows"}
+    assert failed(report)["min_rows"]["observed"] == 4000
+
+
+def test_class_balance_names_the_class_and_share(tmp_path: Path):
+    bad = failed(check(tmp_path, frame_edit(rare_class)))["class_balance"]
+    assert list(bad["observed"]) == ["class 2"] and bad["observed"]["class 2"] < 0.02
+
+
+def test_params_bounds_override_the_source_range(tmp_path: Path):
+    report = check(tmp_path, clean_raw(), value_max=10)
+    assert failed(report)["value_max"]["observed"] == 16
+    assert failed(report)["value_max"]["n_failing"] == 9
+
+
+def test_csv_without_bounds_has_no_range_checks():
+    assert validate.value_bounds(ValidateParams(), {"value_range": None}) == (None, None)
+    assert validate.value_bounds(ValidateParams(value_min=-1), {"value_range": [0, 255]}) == (
+        -1, 255,
+    )  # fmt: skip
+
+
+def test_ks_matches_scipy_for_pixels_and_floats():
+    rng = np.random.default_rng(4)
+    ints = rng.integers(0, 256, (5, 700), dtype=np.uint8)
+    floats = rng.normal(size=(3, 700))
+    floats[1, 600:] += 0.7
+    first, second = np.arange(500), np.arange(500, 700)
+    for values in (ints, floats):
+        ours = validate.ks_statistics(values, first, second)
+        expected = [ks_2samp(v[first], v[second]).statistic for v in values]
+        np.testing.assert_allclose(ours, expected, rtol=1e-12)
+
+
+def test_html_report_shows_each_expectation(tmp_path: Path):
+    report = check(tmp_path, frame_edit(set_cell("px_1", 17)))
+    page = validate.render_html(report)
+    assert page.count("<tr class=") == report["n_expectations"]
+    assert "FAILED" in page and "px_1" in page
+
+
+def run_stage(tmp_path: Path, raw: RawData) -> subprocess.CompletedProcess:
+    write_raw(raw, tmp_path / "raw")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "raw", "--out", "out"]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+
+
+def test_stage_fails_with_one_line_per_failed_expectation(tmp_path: Path):
+    proc = run_stage(tmp_path, frame_edit(lambda f: set_cell("px_4", np.inf)(extra_column(f))))
+    assert proc.returncode == 2
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("validate: FAILED")]
+    assert len(lines) == 2, proc.stderr
+    assert any("no_infinite_features: column px_4: observed 1, bound 0" in x for x in lines)
+    assert any("schema_columns: column extra" in x for x in lines)
+    assert "validate: error: 2 of " in proc.stderr
+    report = json.loads((tmp_path / "out/validation.json").read_text())
+    assert report["n_failed"] == 2 and (tmp_path / "out/validation.html").exists()
+
+
+def test_stage_passes_clean_data_and_writes_no_gx_project(tmp_path: Path):
+    proc = run_stage(tmp_path, clean_raw())
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out/validation.json").read_text())["success"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml", "raw"]
