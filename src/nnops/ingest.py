@@ -111,7 +111,8 @@ def content_hash(frame: pd.DataFrame) -> str:
             digest.update(np.ascontiguousarray(block.to_numpy()).tobytes())
         else:
             for column in columns:
-                digest.update("\0".join(block[column].astype(str)).encode())
+                text = block[column].astype("string").fillna("\x01<missing>")
+                digest.update("\0".join(text).encode())
     return digest.hexdigest()
 
 

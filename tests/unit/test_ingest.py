@@ -174,6 +174,14 @@ def test_exclude_columns_outside_csv_is_refused():
         ingest.load(DataParams(source="digits", exclude_columns=("city",)))
 
 
+def test_missing_text_in_a_slice_column_is_kept_and_hashed(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,city,label\n1,Oslo,x\n2,,y\n")
+    raw = ingest.read_csv(path, "label", ["city"])
+    assert raw.frame["city"].isna().tolist() == [False, True]
+    assert len(raw.meta["content_hash"]) == 64
+
+
 def test_content_hash_follows_the_values():
     frame = pd.DataFrame({"a": [1, 2], "label": [0, 1], "origin": ["train", "test"]})
     same = ingest.content_hash(frame.copy())
