@@ -1,0 +1,350 @@
+"""Gated promotion in the MLflow Model Registry: register every model, promote only the good ones.
+
+The gate (pure, ``gate_checks``) applies absolute bounds from ``params.register`` and compares the
+candidate with the current ``@champion`` on the same test data. The registry edge (the functions
+taking an ``MlflowClient``) keeps the registry consistent if it fails midway: a promotion writes
+all its tags on the new version first and moves the ``champion`` alias last, so a version never
+holds the alias without the record of why; an alias names one version at a time, so there are never
+two champions. Rerunning after a failure finds the version already registered for the run and
+finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from nnops.config import RegisterParams
+from nnops.errors import NnopsError
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+GOOD_FIT = "good fit"
+TAG_PREFIX = "nnops."
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One promotion check: what was measured, against what, and by how much it passed or failed."""
+
+    name: str
+    passed: bool
+    value: float | str | None
+    threshold: float | str | None
+    margin: float | None
+    """Value minus threshold for numeric gates: negative means it failed by that much."""
+    detail: str
+
+
+def gate_checks(
+    test_accuracy: float,
+    verdict: str,
+    params: RegisterParams,
+    champion: Mapping[str, Any] | None = None,
+) -> list[Gate]:
+    """Check a candidate against the absolute bounds and the current champion.
+
+    Args:
+        test_accuracy: the candidate's test accuracy from the evaluate stage.
+        verdict: the candidate's fit verdict.
+        params: the ``register`` params section.
+        champion: None when there is no champion to beat (first model, or comparison off);
+            else ``version``, ``accuracy`` (champion on the test data) and ``candidate_accuracy``
+            (the candidate scored the same way on the same data).
+    """
+    margin = test_accuracy - params.min_test_accuracy
+    gates = [
+        Gate(
+            name="min_test_accuracy",
+            passed=margin >= 0,
+            value=test_accuracy,
+            threshold=params.min_test_accuracy,
+            margin=margin,
+            detail=(
+                f"test accuracy {test_accuracy:.4f} "
+                + (">=" if margin >= 0 else "<")
+                + f" register.min_test_accuracy {params.min_test_accuracy}"
+                + ("" if margin >= 0 else f" (short by {-margin:.4f})")
+            ),
+        )
+    ]
+    if params.require_good_fit:
+        ok = verdict == GOOD_FIT
+        gates.append(
+            Gate(
+                name="require_good_fit",
+                passed=ok,
+                value=verdict,
+                threshold=GOOD_FIT,
+                margin=None,
+                detail=f"fit verdict is {verdict!r}"
+                + ("" if ok else f"; register.require_good_fit asks for {GOOD_FIT!r}"),
+            )
+        )
+    if params.compare_to_champion and champion is not None:
+        bound = float(champion["accuracy"]) - params.max_regression
+        cand = float(champion["candidate_accuracy"])
+        diff = cand - bound
+        gates.append(
+            Gate(
+                name="not_worse_than_champion",
+                passed=diff >= 0,
+                value=cand,
+                threshold=bound,
+                margin=diff,
+                detail=(
+                    f"test accuracy {cand:.4f} against champion version {champion['version']} "
+                    f"at {float(champion['accuracy']):.4f} (allowed regression "
+                    f"register.max_regression={params.max_regression})"
+                    + ("" if diff >= 0 else f": worse by {-diff:.4f}")
+                ),
+            )
+        )
+    return gates
+
+
+def decision_reason(gates: list[Gate], first_model: bool) -> str:
+    """Say in one sentence why a candidate is promoted or not.
+
+    Args:
+        gates: the checks as returned by ``gate_checks``.
+        first_model: True when there was no champion to compare with.
+    """
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        return "not promoted: " + "; ".join(f"{g.name} failed ({g.detail})" for g in failed)
+    names = ", ".join(g.name for g in gates)
+    baseline = " (first model: no champion to compare with)" if first_model else ""
+    return f"promoted: passed {names}{baseline}"
+
+
+def promotion_tags(
+    run_id: str,
+    metrics: Mapping[str, Any],
+    gates: list[Gate],
+    reason: str,
+    promoted: bool,
+    previous_champion: str | None,
+    class_names: list[str] | None,
+    now: datetime | None = None,
+) -> dict[str, str]:
+    """The tags that record a gate decision on a model version (all values are strings).
+
+    Args:
+        run_id: the MLflow run that produced the model.
+        metrics: the content of ``reports/metrics.json``.
+        gates: the gate checks.
+        reason: the decision in words.
+        promoted: whether the version becomes champion.
+        previous_champion: the version it replaces, if any.
+        class_names: names of the output classes, for batch prediction.
+        now: the decision time (UTC now when omitted).
+    """
+    when = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+    tags = {
+        "run_id": run_id,
+        "promoted": str(promoted).lower(),
+        "decided_at": when,
+        "reason": reason,
+        "gates": json.dumps([asdict(g) for g in gates], sort_keys=True),
+        "fit": str(metrics.get("fit", {}).get("verdict", "unknown")),
+    }
+    for split in ("train", "val", "test"):
+        for key, value in (metrics.get(split) or {}).items():
+            tags[f"{split}.{key}"] = f"{float(value):.6g}"
+    if promoted:
+        tags["promoted_at"] = when
+        tags["previous_champion"] = previous_champion or "none"
+    if class_names is not None:
+        tags["class_names"] = json.dumps(class_names)
+    return {TAG_PREFIX + k: v for k, v in tags.items()}
+
+
+# --- Registry edge: the only functions here that talk to MLflow ---------------------------------
+
+
+def _mlflow_error(action: str, exc: Exception) -> NnopsError:
+    return NnopsError(f"MLflow registry: {action} failed ({type(exc).__name__}: {exc})")
+
+
+def version_for_run(client: Any, name: str, run_id: str, source: str) -> Any | None:
+    """Return the version of ``name`` already registered from this run and source, if any.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model name.
+        run_id: the MLflow run id.
+        source: the model URI that was registered.
+    """
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    same = [v for v in versions if v.source == source or not source]
+    return max(same, key=lambda v: int(v.version)) if same else None
+
+
+def register_version(client: Any, name: str, model_uri: str, run_id: str) -> Any:
+    """Register the run's model under ``name`` (or reuse the version registered earlier).
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model name.
+        model_uri: the logged model's URI (``models:/m-...`` or ``runs:/<id>/model``).
+        run_id: the MLflow run id.
+    """
+    import mlflow
+
+    existing = version_for_run(client, name, run_id, model_uri)
+    if existing is not None:
+        log.info("run %s is already registered as %s version %s", run_id, name, existing.version)
+        return existing
+    try:
+        version = mlflow.register_model(model_uri, name)
+    except Exception as exc:  # MlflowException, connection errors
+        raise _mlflow_error(f"registering {model_uri} as {name!r}", exc) from exc
+    log.info("registered %s as %s version %s", model_uri, name, version.version)
+    return version
+
+
+def alias_version(client: Any, name: str, alias: str) -> Any | None:
+    """Return the version that holds ``alias``, or None when no version does.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model name.
+        alias: the alias, e.g. ``champion``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise _mlflow_error(f"looking up {name}@{alias}", exc) from exc
+
+
+def score_model(model_uri: str, x: np.ndarray, y: np.ndarray) -> float:
+    """Load a model through MLflow's generic interface and return its accuracy on ``(x, y)``.
+
+    Args:
+        model_uri: e.g. ``models:/nnops-mlp@champion``.
+        x: raw test features.
+        y: test class indices.
+    """
+    import mlflow
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+        proba = np.asarray(model.predict(x))
+    except Exception as exc:
+        raise _mlflow_error(f"loading and scoring {model_uri}", exc) from exc
+    if proba.ndim != 2 or len(proba) != len(y):
+        raise NnopsError(f"{model_uri}: predicted shape {proba.shape} for {len(y)} test rows")
+    return float((proba.argmax(axis=1) == y).mean())
+
+
+Step = Callable[[str], None]
+
+
+def _steps(client: Any, name: str, version: str, tags: Mapping[str, str], on_step: Step | None):
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+        if on_step:
+            on_step(f"tag {key}")
+
+
+def promote(
+    client: Any,
+    name: str,
+    version: str,
+    tags: Mapping[str, str],
+    on_step: Step | None = None,
+) -> None:
+    """Record the decision on the version, then make it ``@champion`` (tags first, alias last).
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model name.
+        version: the version to promote.
+        tags: the promotion record (``promotion_tags``).
+        on_step: called after each registry write with a short description (progress logging).
+    """
+    try:
+        _steps(client, name, version, tags, on_step)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if on_step:
+            on_step(f"alias {CHAMPION}")
+    except NnopsError:
+        raise
+    except Exception as exc:
+        raise _mlflow_error(
+            f"promoting {name} version {version} (the champion alias is unchanged unless this "
+            "failed after moving it; rerun the register stage to finish)",
+            exc,
+        ) from exc
+    challenger = alias_version(client, name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)
+
+
+def record_rejection(
+    client: Any,
+    name: str,
+    version: str,
+    tags: Mapping[str, str],
+    challenger: bool,
+    on_step: Step | None = None,
+) -> None:
+    """Record a failed gate on the version and optionally make it ``@challenger``.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model name.
+        version: the version that failed the gate.
+        tags: the decision record (``promotion_tags``).
+        challenger: whether to move the ``challenger`` alias to this version.
+        on_step: called after each registry write with a short description.
+    """
+    try:
+        _steps(client, name, version, tags, on_step)
+        if challenger:
+            client.set_registered_model_alias(name, CHALLENGER, version)
+            if on_step:
+                on_step(f"alias {CHALLENGER}")
+    except Exception as exc:
+        raise _mlflow_error(
+            f"recording the gate decision on {name} version {version}", exc
+        ) from exc
+
+
+def champion_history(client: Any, name: str) -> list[dict[str, str]]:
+    """List every version ever promoted, oldest first, with its promotion record.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model name.
+    """
+    versions = client.search_model_versions(f"name = '{name}'")
+    rows = []
+    for v in versions:
+        tags = dict(v.tags or {})
+        if tags.get(TAG_PREFIX + "promoted") == "true":
+            rows.append(
+                {
+                    "version": str(v.version),
+                    "promoted_at": tags.get(TAG_PREFIX + "promoted_at", ""),
+                    "previous_champion": tags.get(TAG_PREFIX + "previous_champion", ""),
+                    "test_accuracy": tags.get(TAG_PREFIX + "test.accuracy", ""),
+                    "run_id": tags.get(TAG_PREFIX + "run_id", ""),
+                    "reason": tags.get(TAG_PREFIX + "reason", ""),
+                    "aliases": ",".join(getattr(v, "aliases", []) or []),
+                }
+            )
+    return sorted(rows, key=lambda r: (r["promoted_at"], int(r["version"])))

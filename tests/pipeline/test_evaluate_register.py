@@ -1,0 +1,225 @@
+"""evaluate and register stages: the stage scripts on hand-built inputs, then the real `dvc repro`.
+
+The first group builds what the upstream stages hand over (a processed-data directory, a Keras
+model with its preprocessing layer, the per-epoch history and an MLflow run in a real sqlite store)
+and runs the stage scripts as the pipeline does. The second group runs the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, project_env, run
+
+pytestmark = pytest.mark.pipeline
+
+NAME = "nnops-test-mlp"
+
+
+def write_processed(root: Path) -> Path:
+    """Write data/processed as the preprocess stage does, from scikit-learn's digits."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
+    x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    x_va, x_te, y_va, y_te = train_test_split(
+        x_rest, y_rest, test_size=0.5, random_state=0, stratify=y_rest
+    )
+    out = root / "data" / "processed"
+    out.mkdir(parents=True)
+    for name, xs, ys in (("train", x_tr, y_tr), ("val", x_va, y_va), ("test", x_te, y_te)):
+        np.savez(out / f"{name}.npz", x_raw=xs, x=xs / 16.0, y=ys)
+    (out / "preprocessing.json").write_text(
+        json.dumps({"method": "rescale", "scale": 1 / 16, "offset": 0.0})
+    )
+    meta = {
+        "source": "digits",
+        "class_names": [str(i) for i in range(10)],
+        "n_features": 64,
+        "feature_names": [f"px_{i}" for i in range(64)],
+        "image_shape": [8, 8],
+        "splits": {"train": len(y_tr), "val": len(y_va), "test": len(y_te)},
+    }
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
+    """Train, save models/model.keras and history.csv, log the model to a new MLflow run."""
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from nnops.config import HiddenLayer, TrainParams
+    from nnops.model import build_model
+    from nnops.tracking import RunInfo, write_run_info
+
+    data = root / "data" / "processed"
+    with np.load(data / "train.npz") as f:
+        x, y = f["x_raw"], f["y"]
+    with np.load(data / "val.npz") as f:
+        xv, yv = f["x_raw"], f["y"]
+    params = TrainParams(hidden_layers=tuple(HiddenLayer(units=u) for u in units))
+    keras.utils.set_random_seed(0)
+    model = build_model(params, 64, 10, json.loads((data / "preprocessing.json").read_text()))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    hist = model.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=32, verbose=0)
+    (root / "models").mkdir(exist_ok=True)
+    model.save(root / "models" / "model.keras")
+    rows = [
+        {"epoch": i + 1, **{k: hist.history[k][i] for k in hist.history}} for i in range(epochs)
+    ]
+    history = root / "reports" / "train" / "history.csv"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    with history.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("nnops")
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        "nnops", artifact_location=(root / "mlartifacts").as_uri()
+    )  # fmt: skip
+    with mlflow.start_run(experiment_id=exp_id, run_name=tag) as active:
+        signature = infer_signature(x[:5], model.predict(x[:5], verbose=0))
+        info = mlflow.keras.log_model(model, name="model", signature=signature)
+    write_run_info(
+        root / "models" / "run.json",
+        RunInfo(active.info.run_id, exp_id, uri, model_uri=info.model_uri),
+    )
+    return root / "models" / "model.keras"
+
+
+def write_params(root: Path, **register: object) -> Path:
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["register"].update({"model_name": NAME, **register})
+    data["evaluate"]["learning_curve"] = None
+    (root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return root / "params.yaml"
+
+
+def stage(root: Path, name: str, *args: str, check: bool = True):
+    script = REPO / "pipelines" / f"{name}.py"
+    return run([sys.executable, str(script), "--params", "params.yaml", *args], cwd=root,
+               env=project_env(), check=check)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project directory with the upstream outputs of a well-trained default model."""
+    root = tmp_path_factory.mktemp("stages")
+    write_processed(root)
+    train_model(root, [64, 64], 20, "good")
+    write_params(root)
+    return root
+
+
+def test_evaluate_stage_writes_metrics_plots_and_logs_to_the_training_run(built: Path):
+    import mlflow
+
+    proc = stage(built, "evaluate")
+    assert "fit: good fit" in proc.stdout
+    metrics = json.loads((built / "reports" / "metrics.json").read_text())
+    assert set(metrics) == {"train", "val", "test", "fit"}
+    for split in ("train", "val", "test"):
+        assert set(metrics[split]) == {"loss", "accuracy", "f1_macro"}
+    assert metrics["test"]["accuracy"] > 0.9
+    assert metrics["fit"]["verdict"] == "good fit"
+    assert metrics["fit"]["last_epoch"] == 20
+
+    evaluation = json.loads((built / "reports" / "evaluation.json").read_text())
+    f1s = [row["f1"] for row in evaluation["per_class"]]
+    assert f1s == sorted(f1s, reverse=True) and len(f1s) == 10
+    matrix = np.array(evaluation["confusion_matrix"])
+    assert matrix.shape == (10, 10)
+    assert matrix.sum() == evaluation["splits"]["test"]["n"]
+    assert evaluation["recommended_action"] and evaluation["evidence"]
+
+    plots = built / "reports" / "plots"
+    with (plots / "confusion_test.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == matrix.sum()
+    agree = sum(r["actual"] == r["predicted"] for r in rows)
+    assert agree == np.trace(matrix)
+    for png in ("loss.png", "accuracy.png", "confusion_test.png"):
+        assert (plots / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    info = json.loads((built / "models" / "run.json").read_text())
+    client = mlflow.MlflowClient(info["tracking_uri"])
+    logged = client.get_run(info["run_id"])
+    assert logged.data.tags["fit"] == "good fit"
+    assert logged.data.metrics["test.accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert logged.data.metrics["fit.accuracy_gap"] == pytest.approx(metrics["fit"]["accuracy_gap"])
+    artifacts = {Path(a.path).name for a in client.list_artifacts(info["run_id"], "evaluation")}
+    assert {"loss.png", "accuracy.png", "confusion_test.png", "metrics.json"} <= artifacts
+
+
+def test_first_model_becomes_champion_then_a_worse_one_does_not(built: Path):
+    import mlflow
+
+    stage(built, "evaluate")
+    proc = stage(built, "register")
+    registry = json.loads((built / "reports" / "registry.json").read_text())
+    assert registry["promoted"] is True, registry
+    assert registry["alias"] == "champion" and registry["previous_champion"] is None
+    assert "first model" in registry["reason"]
+    assert "version 1" in proc.stdout
+    uri = f"sqlite:///{built / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    champ = client.get_model_version_by_alias(NAME, "champion")
+    assert str(champ.version) == "1"
+    assert champ.tags["nnops.promoted"] == "true"
+    assert champ.tags["nnops.previous_champion"] == "none"
+    first_run = champ.tags["nnops.run_id"]
+
+    # Rerunning register for the same run neither registers again nor moves the alias.
+    stage(built, "register")
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
+    assert json.loads((built / "reports" / "registry.json").read_text())["reason"] == (
+        "already champion"
+    )
+
+    # A smaller, briefly trained model: relax the absolute bounds so that only the champion
+    # comparison decides, and it must fail it.
+    train_model(built, [8], 3, "worse")
+    write_params(built, min_test_accuracy=0.1, require_good_fit=False)
+    stage(built, "evaluate")
+    stage(built, "register")
+    registry = json.loads((built / "reports" / "registry.json").read_text())
+    assert registry["promoted"] is False and registry["version"] == "2"
+    assert registry["alias"] == "challenger"
+    assert registry["failed_gates"] == ["not_worse_than_champion"]
+    gate = next(g for g in registry["gates"] if g["name"] == "not_worse_than_champion")
+    assert gate["margin"] < 0 and f"worse by {-gate['margin']:.4f}" in gate["detail"]
+    assert client.get_model_version_by_alias(NAME, "champion").tags["nnops.run_id"] == first_run
+    challenger = client.get_model_version_by_alias(NAME, "challenger")
+    assert str(challenger.version) == "2" and challenger.tags["nnops.promoted"] == "false"
+
+    # With the default bounds the same model fails the absolute gates too, each with its margin.
+    write_params(built)
+    stage(built, "register")
+    registry = json.loads((built / "reports" / "registry.json").read_text())
+    assert "min_test_accuracy" in registry["failed_gates"]
+    assert "require_good_fit" in registry["failed_gates"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+
+def test_bad_run_file_fails_clearly(tmp_path: Path, built: Path):
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "abc"}))
+    proc = stage(built, "register", "--run", str(tmp_path / "run.json"),
+                 "--out", str(tmp_path / "registry.json"), check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "register: error:" in proc.stderr and "missing key(s) experiment_id" in proc.stderr
+    assert not (tmp_path / "registry.json").exists()
