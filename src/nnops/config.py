@@ -74,7 +74,7 @@ class ValidateParams(_Section):
     min_class_fraction: UnitFraction = 0.02
     max_class_fraction: UnitFraction = 0.5
     max_duplicate_fraction: UnitFraction = 0.05
-    drift_max_ks: UnitFraction = 0.1
+    drift_max_ks: UnitFraction = 0.15
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> ValidateParams:

@@ -152,7 +152,10 @@ def _split_for_drift(
     except NnopsError as exc:
         empty = np.array([], dtype=np.int64)
         return empty, empty, {"basis": basis, "error": str(exc)}
-    info = {"basis": basis, "train": len(parts.train), "test": len(parts.test)}
+    n, m = len(parts.train), len(parts.test)
+    # KS statistic that two samples of these sizes from one distribution exceed 1% of the time
+    noise = 1.628 * math.sqrt((n + m) / (n * m))
+    info = {"basis": basis, "train": n, "test": m, "ks_noise_1pct": round(noise, 4)}
     return parts.train, parts.test, info
 
 
@@ -273,6 +276,14 @@ def build_checks(prof: Profile, params: ValidateParams, meta: dict[str, Any]) ->
     if high is not None:
         spec.append(("value_max", "features", between, {"column": "max", "max_value": high},
                      "max", f"<= {high:g}", "no feature value above the upper bound"))  # fmt: skip
+    noise = prof.partitions.get("ks_noise_1pct")
+    if noise and v.drift_max_ks < noise:
+        log.warning(
+            "validate.drift_max_ks=%g is below the sampling noise of these partition sizes "
+            "(KS %.3f at 1%%); the drift check may fail on data without drift",
+            v.drift_max_ks,
+            noise,
+        )
     spec.append(("drift_ks", "features", between, {"column": "ks", "max_value": v.drift_max_ks},
                  "ks", f"<= {v.drift_max_ks:g}",
                  "KS statistic between train and test partitions, per feature"))  # fmt: skip
