@@ -37,9 +37,13 @@ def main(args: argparse.Namespace, params: Params) -> None:
         spec = read_json(data / "preprocessing.json")
         fitter = ev.keras_fitter(params.train, spec, len(class_names), splits["val"])
         curve = ev.learning_curve(
-            fitter, splits["train"], splits["val"], params.evaluate.learning_curve,
-            class_names, params.train.seed,
-        )  # fmt: skip
+            fitter,
+            splits["train"],
+            splits["val"],
+            params.evaluate.learning_curve,
+            class_names,
+            params.train.seed,
+        )
 
     metrics = {s: scores[s].headline() for s in ev.SPLITS} | {"fit": fit.metrics()}
     report = ev.evaluation_report(scores, class_names, fit, curve)

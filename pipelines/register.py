@@ -47,8 +47,15 @@ def main(args: argparse.Namespace, params: Params) -> None:
     promoted = already or all(g.passed for g in gates)
     reason = "already champion" if already else reg.decision_reason(gates, current is None)
     class_names = read_json(Path(args.data) / "meta.json").get("class_names")
-    tags = reg.promotion_tags(info.run_id, metrics, gates, reason, promoted,
-                              current.version if current else None, class_names)  # fmt: skip
+    tags = reg.promotion_tags(
+        info.run_id,
+        metrics,
+        gates,
+        reason,
+        promoted,
+        current.version if current else None,
+        class_names,
+    )
     if already:
         pass
     elif promoted:

@@ -435,8 +435,11 @@ def write_plots(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "confusion_test.csv", confusion_rows(y_test, y_pred, class_names),
-               ("actual", "predicted"))  # fmt: skip
+    _write_csv(
+        out / "confusion_test.csv",
+        confusion_rows(y_test, y_pred, class_names),
+        ("actual", "predicted"),
+    )
     epochs = history.get("epoch", [])
     offset = 1 if epochs and epochs[0] == 0 else 0
     x = [int(e) + offset for e in epochs]
@@ -457,9 +460,13 @@ def write_plots(
         _write_csv(out / "learning_curve.csv", curve, list(curve[0]))
         fig = curve_figure(
             [r["train_size"] for r in curve],
-            {"train": [r["train_accuracy"] for r in curve],
-             "validation": [r["val_accuracy"] for r in curve]},
-            "Accuracy against training-set size", "training rows", "accuracy",
-        )  # fmt: skip
+            {
+                "train": [r["train_accuracy"] for r in curve],
+                "validation": [r["val_accuracy"] for r in curve],
+            },
+            "Accuracy against training-set size",
+            "training rows",
+            "accuracy",
+        )
         figures.append(_save(fig, out / "learning_curve.png"))
     return figures

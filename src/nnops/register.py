@@ -344,7 +344,8 @@ def champion_history(client: Any, name: str) -> list[dict[str, str]]:
                     "test_accuracy": tags.get(TAG_PREFIX + "test.accuracy", ""),
                     "run_id": tags.get(TAG_PREFIX + "run_id", ""),
                     "reason": tags.get(TAG_PREFIX + "reason", ""),
-                    "aliases": ",".join(getattr(v, "aliases", []) or []),
+                    # search results may omit aliases; the single-version lookup has them
+                    "aliases": ",".join(client.get_model_version(name, v.version).aliases or []),
                 }
             )
     return sorted(rows, key=lambda r: (r["promoted_at"], int(r["version"])))

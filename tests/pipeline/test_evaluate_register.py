@@ -89,9 +89,11 @@ def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("nnops")
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        "nnops", artifact_location=(root / "mlartifacts").as_uri()
-    )  # fmt: skip
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment("nnops", artifact_location=(root / "mlartifacts").as_uri())
+    )
     with mlflow.start_run(experiment_id=exp_id, run_name=tag) as active:
         signature = infer_signature(x[:5], model.predict(x[:5], verbose=0))
         info = mlflow.keras.log_model(model, name="model", signature=signature)
@@ -112,8 +114,12 @@ def write_params(root: Path, **register: object) -> Path:
 
 def stage(root: Path, name: str, *args: str, check: bool = True):
     script = REPO / "pipelines" / f"{name}.py"
-    return run([sys.executable, str(script), "--params", "params.yaml", *args], cwd=root,
-               env=project_env(), check=check)  # fmt: skip
+    return run(
+        [sys.executable, str(script), "--params", "params.yaml", *args],
+        cwd=root,
+        env=project_env(),
+        check=check,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +224,15 @@ def test_first_model_becomes_champion_then_a_worse_one_does_not(built: Path):
 
 def test_bad_run_file_fails_clearly(tmp_path: Path, built: Path):
     (tmp_path / "run.json").write_text(json.dumps({"run_id": "abc"}))
-    proc = stage(built, "register", "--run", str(tmp_path / "run.json"),
-                 "--out", str(tmp_path / "registry.json"), check=False)  # fmt: skip
+    proc = stage(
+        built,
+        "register",
+        "--run",
+        str(tmp_path / "run.json"),
+        "--out",
+        str(tmp_path / "registry.json"),
+        check=False,
+    )
     assert proc.returncode == 2
     assert "register: error:" in proc.stderr and "missing key(s) experiment_id" in proc.stderr
     assert not (tmp_path / "registry.json").exists()

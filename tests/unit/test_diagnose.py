@@ -10,8 +10,9 @@ from nnops.diagnose import ACTIONS, GOOD_FIT, OVERFITTING, UNDERFITTING, diagnos
 
 pytestmark = pytest.mark.unit
 
-T = FitThresholds(min_train_accuracy=0.9, max_accuracy_gap=0.05, max_loss_gap=0.15,
-                  min_val_loss_rise=0.1)  # fmt: skip
+T = FitThresholds(
+    min_train_accuracy=0.9, max_accuracy_gap=0.05, max_loss_gap=0.15, min_val_loss_rise=0.1
+)
 
 
 def scores(acc: float, loss: float) -> dict[str, float]:
@@ -94,8 +95,9 @@ def digits():
     data = load_digits()
     x, y = data.data.astype("float32"), data.target.astype("int64")
     x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.3, random_state=42, stratify=y)
-    x_va, _, y_va, _ = train_test_split(x_rest, y_rest, test_size=0.5, random_state=42,
-                                        stratify=y_rest)  # fmt: skip
+    x_va, _, y_va, _ = train_test_split(
+        x_rest, y_rest, test_size=0.5, random_state=42, stratify=y_rest
+    )
     return x_tr, y_tr, x_va, y_va
 
 
@@ -118,10 +120,15 @@ def train_and_diagnose(digits, units, epochs, batch_size=32, lr=0.001, subset=No
         + [keras.layers.Dense(u, activation="relu") for u in units]
         + [keras.layers.Dense(10, activation="softmax")]
     )
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=8)  # fmt: skip
-    history = model.fit(x_tr, y_tr, validation_data=(x_va, y_va), epochs=epochs,
-                        batch_size=batch_size, verbose=0)  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=8,
+    )
+    history = model.fit(
+        x_tr, y_tr, validation_data=(x_va, y_va), epochs=epochs, batch_size=batch_size, verbose=0
+    )
     names = [str(i) for i in range(10)]
     train = ev.score_split(y_tr, ev.predict_proba(model, x_tr), names)
     val = ev.score_split(y_va, ev.predict_proba(model, x_va), names)
@@ -135,8 +142,9 @@ def test_tiny_model_trained_briefly_underfits(digits):
 
 
 def test_large_model_on_small_noisy_subset_trained_long_overfits(digits):
-    d = train_and_diagnose(digits, units=[256, 256], epochs=60, batch_size=16, lr=0.003,
-                           subset=120, noise=0.3)  # fmt: skip
+    d = train_and_diagnose(
+        digits, units=[256, 256], epochs=60, batch_size=16, lr=0.003, subset=120, noise=0.3
+    )
     assert d.verdict == OVERFITTING, d.summary()
     assert d.accuracy_gap > 0.05
     assert d.epochs.best_epoch < d.epochs.last_epoch

@@ -1,0 +1,137 @@
+"""The promotion gate and decision record (pure), and the registry edge on a real sqlite store."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnops import register as reg
+from nnops.config import RegisterParams
+
+pytestmark = pytest.mark.unit
+
+P = RegisterParams(
+    model_name="m",
+    min_test_accuracy=0.9,
+    require_good_fit=True,
+    compare_to_champion=True,
+    max_regression=0.01,
+    challenger_alias=True,
+)
+
+
+def by_name(gates):
+    return {g.name: g for g in gates}
+
+
+def test_first_model_passing_absolute_bounds_is_promoted():
+    gates = reg.gate_checks(0.95, "good fit", P, champion=None)
+    assert [g.name for g in gates] == ["min_test_accuracy", "require_good_fit"]
+    assert all(g.passed for g in gates)
+    assert by_name(gates)["min_test_accuracy"].margin == pytest.approx(0.05)
+    reason = reg.decision_reason(gates, first_model=True)
+    assert reason.startswith("promoted:") and "first model" in reason
+
+
+def test_each_failed_gate_says_by_how_much():
+    champion = {"version": "3", "accuracy": 0.97, "candidate_accuracy": 0.93}
+    gates = by_name(reg.gate_checks(0.85, "overfitting", P, champion))
+    low = gates["min_test_accuracy"]
+    assert not low.passed and low.margin == pytest.approx(-0.05)
+    assert "short by 0.0500" in low.detail
+    fit = gates["require_good_fit"]
+    assert not fit.passed and "'overfitting'" in fit.detail
+    champ = gates["not_worse_than_champion"]
+    assert not champ.passed and champ.threshold == pytest.approx(0.96)
+    assert champ.margin == pytest.approx(-0.03) and "worse by 0.0300" in champ.detail
+    assert "champion version 3" in champ.detail
+    reason = reg.decision_reason(list(gates.values()), first_model=False)
+    assert reason.startswith("not promoted:") and reason.count("failed") == 3
+
+
+def test_allowed_regression_lets_a_slightly_worse_model_through():
+    champion = {"version": "1", "accuracy": 0.95, "candidate_accuracy": 0.945}
+    gate = by_name(reg.gate_checks(0.945, "good fit", P, champion))["not_worse_than_champion"]
+    assert gate.passed and gate.margin == pytest.approx(0.005)
+
+
+def test_switches_drop_gates():
+    p = P.model_copy(update={"require_good_fit": False, "compare_to_champion": False})
+    champion = {"version": "1", "accuracy": 1.0, "candidate_accuracy": 0.0}
+    gates = reg.gate_checks(0.95, "underfitting", p, champion)
+    assert [g.name for g in gates] == ["min_test_accuracy"]
+
+
+def test_promotion_tags_record_metrics_run_reason_and_time():
+    metrics = {"test": {"accuracy": 0.9512346, "loss": 0.2}, "fit": {"verdict": "good fit"}}
+    gates = reg.gate_checks(0.9512346, "good fit", P)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    tags = reg.promotion_tags("r1", metrics, gates, "promoted: ok", True, "4", ["a", "b"], when)
+    assert (
+        tags["nnops.promoted"] == "true"
+        and tags["nnops.promoted_at"] == "2026-01-02T03:04:05+00:00"
+    )
+    assert tags["nnops.test.accuracy"] == "0.951235" and tags["nnops.run_id"] == "r1"
+    assert tags["nnops.previous_champion"] == "4" and tags["nnops.fit"] == "good fit"
+    assert json.loads(tags["nnops.class_names"]) == ["a", "b"]
+    assert [g["name"] for g in json.loads(tags["nnops.gates"])] == [
+        "min_test_accuracy",
+        "require_good_fit",
+    ]
+    assert all(isinstance(v, str) for v in tags.values())
+    rejected = reg.promotion_tags("r1", metrics, gates, "no", False, None, None, when)
+    assert rejected["nnops.promoted"] == "false" and "nnops.promoted_at" not in rejected
+
+
+@pytest.fixture
+def registry(tmp_path: Path):
+    """A real sqlite MLflow store holding two registered versions of a tiny Keras model."""
+    import keras
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    versions = []
+    for bias in (0.0, 5.0):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+        model.layers[-1].set_weights([np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0.0, bias])])
+        with mlflow.start_run(experiment_id=exp) as run:
+            info = mlflow.keras.log_model(model, name="model")
+        versions.append(reg.register_version(client, "m", info.model_uri, run.info.run_id))
+    yield client, versions
+    mlflow.set_tracking_uri(None)
+
+
+def test_registry_edge_promotes_records_history_and_reuses_versions(registry):
+    client, (v1, v2) = registry
+    assert (str(v1.version), str(v2.version)) == ("1", "2")
+    assert reg.alias_version(client, "m", reg.CHAMPION) is None
+    again = reg.register_version(client, "m", v1.source, v1.run_id)
+    assert str(again.version) == "1"  # the same run's model is not registered twice
+
+    steps: list[str] = []
+    reg.record_rejection(client, "m", "1", {"nnops.promoted": "false"}, True, steps.append)
+    assert steps == ["tag nnops.promoted", "alias challenger"]
+    assert str(reg.alias_version(client, "m", reg.CHALLENGER).version) == "1"
+
+    steps.clear()
+    tags = {"nnops.promoted": "true", "nnops.promoted_at": "2026-01-01T00:00:00+00:00"}
+    reg.promote(client, "m", "1", tags, steps.append)
+    assert steps[-1] == "alias champion" and steps[:-1] == [f"tag {k}" for k in tags]
+    assert reg.alias_version(client, "m", reg.CHALLENGER) is None  # moved up, no longer challenger
+    reg.promote(client, "m", "2", {**tags, "nnops.promoted_at": "2026-01-02T00:00:00+00:00"})
+    assert str(reg.alias_version(client, "m", reg.CHAMPION).version) == "2"
+    history = reg.champion_history(client, "m")
+    assert [h["version"] for h in history] == ["1", "2"]
+    assert history[1]["aliases"] == "champion" and history[0]["aliases"] == ""
+
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], dtype=np.float32)
+    y = np.array([0, 1, 0])
+    assert reg.score_model("models:/m/1", x, y) == 1.0
+    assert reg.score_model("models:/m@champion", x, y) == pytest.approx(1 / 3)  # bias favours 1
