@@ -12,12 +12,13 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from nnops.config import EvaluateParams
 from nnops.errors import NnopsError
 
 log = logging.getLogger(__name__)
@@ -409,9 +410,9 @@ def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> bytes:
 
 def explain_test_set(
     model: Any,
-    test: Any,
-    meta: dict[str, Any],
-    params: Any,
+    test: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any],
+    params: EvaluateParams,
     seed: int,
 ) -> Explanation:
     """Attributions or importances, plus slice and per-class metrics, for the test split.
@@ -470,7 +471,7 @@ def explain_test_set(
         errors = most_confident_errors(y, probs, params.explain_errors)
         files["attributions.png"] = attribution_grid_png(attrs, params.explain_method)
         files["misclassified.png"] = misclassified_grid_png(errors, x_raw, image_shape, class_names)
-        files["attributions.npz"] = _npz({a.class_name: a.attribution for a in attrs})
+        files["attributions.npz"] = _npz([a.attribution for a in attrs])
         summary.update(
             method=params.explain_method,
             steps=params.explain_steps if params.explain_method == "integrated_gradients" else None,
@@ -501,7 +502,7 @@ def explain_test_set(
     return Explanation(summary, files)
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+def _npz(maps: Sequence[np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{f"class_{i}": a for i, a in enumerate(arrays.values())})
+    np.savez_compressed(buf, **{f"class_{i}": a for i, a in enumerate(maps)})
     return buf.getvalue()
