@@ -379,14 +379,19 @@ accuracy (for a class: recall) is more than {{ fmt(slices.max_gap) }} below it.<
 <h2>Registration</h2>
 {% if not registry %}<p class="muted">No registration result found.</p>{% else %}
 <p>Registered: {{ pill(registry.registered, 'yes', 'no') }}
+{% if registry.model_name %} as <code>{{ registry.model_name }}</code>{% endif %}
 {% if registry.version %} version <b>{{ registry.version }}</b>{% endif %}
+{% if registry.promoted is defined %}, promoted: {{ pill(registry.promoted, 'yes', 'no') }}
+{% endif %}
 {% if registry.alias %} alias <code>@{{ registry.alias }}</code>{% endif %}</p>
 {% if registry.reason %}<p>{{ registry.reason }}</p>{% endif %}
-{% if gates %}<table><tr><th>gate</th><th>ok</th><th>detail</th></tr>{% for g in gates %}
-{% if g is mapping %}<tr{% if g.passed is sameas false or g.success is sameas false %} class="bad"
-{% endif %}><td>{{ g.name or g.gate or '' }}</td><td>{{ fmt(g.passed if g.passed is defined
- else g.success) }}</td><td>{{ g.detail or g.reason or g.message or '' }}</td></tr>
-{% else %}<tr><td colspan="3">{{ g }}</td></tr>{% endif %}{% endfor %}</table>{% endif %}
+{% if gates %}<table><tr><th>gate</th><th>passed</th><th>value</th><th>threshold</th>
+<th>detail</th></tr>
+{% for g in gates %}{% if g is mapping %}
+<tr{% if g.passed is sameas false %} class="bad"{% endif %}>
+<td>{{ g.name }}</td><td>{{ fmt(g.passed) }}</td><td class="num">{{ fmt(g.value) }}</td>
+<td class="num">{{ fmt(g.threshold) }}</td><td>{{ g.detail }}</td></tr>
+{% else %}<tr><td colspan="5">{{ g }}</td></tr>{% endif %}{% endfor %}</table>{% endif %}
 {% endif %}
 </section>
 

@@ -65,7 +65,10 @@ def _inputs(**overrides) -> rp.ReportInputs:
         },
         images={"attributions.png": _tiny_png("red"), "misclassified.png": _tiny_png("blue")},
         registry={"registered": True, "version": 4, "promoted": True, "alias": "champion",
-                  "gates": [{"name": "min_test_accuracy", "passed": True, "detail": "0.94>=0.9"}],
+                  "gates": [{"name": "min_test_accuracy", "passed": True, "value": 0.9412,
+                             "threshold": 0.9, "margin": 0.0412, "detail": "0.94 >= 0.9"},
+                            {"name": "good_fit", "passed": False, "value": "overfitting",
+                             "threshold": "good fit", "margin": None, "detail": "verdict"}],
                   "reason": "passed every gate"},
         run={"run_id": "abc123", "experiment_id": "1", "tracking_uri": "sqlite:///x.db"},
         data_meta={"source": "digits", "data_hash": "d" * 64, "content_hash": "c" * 64},
@@ -128,7 +131,10 @@ def test_fit_metrics_slices_registry_and_lineage():
     slices = _section(html, "slices")
     assert "zero&lt;b&gt;" in slices and "zero<b>" not in slices  # values are escaped
     assert "No change needed &lt;for now&gt;" in _section(html, "fit")
-    assert "version <b>4</b>" in _section(html, "registry")
+    registry = _section(html, "registry")
+    assert "version <b>4</b>" in registry and "@champion" in registry
+    assert re.search(r'<tr class="bad">\s*<td>good_fit</td>', registry)
+    assert "<td>min_test_accuracy</td>" in registry
     lineage = _section(html, "lineage")
     assert "abc123" in lineage and "f" * 40 in lineage and "d" * 64 in lineage
 
