@@ -157,6 +157,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
     if isinstance(value, list | tuple):
         return ", ".join(_fmt(v) for v in value) if value else "[]"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) if value else "{}"
     return str(value)
 
 
@@ -280,11 +282,13 @@ _HTML = """<!doctype html>
  {{ pill(validation_success, 'data accepted', 'data rejected') }}</p>
 {% if failed_expectations %}
 <table><tr><th>expectation</th><th>column</th><th>observed</th><th>bound</th></tr>
-{% for e in failed_expectations %}<tr class="bad"><td>{{ e.name }}</td><td>{{ fmt(e.column) }}</td>
+{% for e in failed_expectations %}<tr class="bad">
+<td title="{{ e.description or '' }}">{{ e.name }}</td><td>{{ fmt(e.column) }}</td>
 <td>{{ fmt(e.observed) }}</td><td>{{ fmt(e.bound) }}</td></tr>{% endfor %}</table>{% endif %}
 <details><summary>All expectations</summary>
 <table><tr><th>expectation</th><th>column</th><th>observed</th><th>bound</th><th>ok</th></tr>
-{% for e in expectations %}<tr{% if not e.success %} class="bad"{% endif %}><td>{{ e.name }}</td>
+{% for e in expectations %}<tr{% if not e.success %} class="bad"{% endif %}>
+<td title="{{ e.description or '' }}">{{ e.name }}</td>
 <td>{{ fmt(e.column) }}</td><td>{{ fmt(e.observed) }}</td><td>{{ fmt(e.bound) }}</td>
 <td>{{ fmt(e.success) }}</td></tr>{% endfor %}</table></details>{% endif %}
 </section>
