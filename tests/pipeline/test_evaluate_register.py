@@ -7,9 +7,16 @@ and runs the stage scripts as the pipeline does. The second group runs the whole
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +243,149 @@ def test_bad_run_file_fails_clearly(tmp_path: Path, built: Path):
     assert proc.returncode == 2
     assert "register: error:" in proc.stderr and "missing key(s) experiment_id" in proc.stderr
     assert not (tmp_path / "registry.json").exists()
+
+
+def test_register_with_the_tracking_server_gone_fails_clearly_and_keeps_the_record(built: Path):
+    before = (built / "reports" / "registry.json").read_bytes()
+    env = project_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    script = REPO / "pipelines" / "register.py"
+    proc = run(
+        [sys.executable, str(script), "--params", "params.yaml"], cwd=built, env=env, check=False
+    )
+    assert proc.returncode == 2
+    assert "register: error: MLflow tracking server at http://127.0.0.1:" in proc.stderr
+    assert (built / "reports" / "registry.json").read_bytes() == before
+
+
+# --- A real tracking server killed in the middle of a promotion ---------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination",
+        str(root / "server-artifacts"),
+    ]
+    log = (root / f"server-{time.monotonic_ns()}.log").open("w")
+    # Own process group: `mlflow server` runs its web server as a child process.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        env=project_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.5)
+    stop_server(proc)
+    raise AssertionError(f"mlflow server did not start: {log.name}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Kill the server and its web-server children at once (SIGKILL: no clean shutdown)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def champions_have_their_tags(client, name: str) -> None:
+    """The registry invariant: one champion at most, and it carries its promotion record."""
+    from nnops.register import CHAMPION, alias_version
+
+    champ = alias_version(client, name, CHAMPION)
+    if champ is not None:
+        tags = client.get_model_version(name, champ.version).tags
+        assert tags.get("nnops.promoted") == "true" and tags.get("nnops.promoted_at"), tags
+    holders = [
+        v
+        for v in client.search_model_versions(f"name = '{name}'")
+        if CHAMPION in (client.get_model_version(name, v.version).aliases or [])
+    ]
+    assert len(holders) <= 1
+
+
+@pytest.mark.slow
+def test_server_killed_midway_through_a_promotion_leaves_the_registry_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import keras
+    import mlflow
+
+    from nnops import register as reg
+    from nnops.errors import NnopsError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    try:
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient(uri)
+        versions = []
+        for _ in range(2):
+            model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, "softmax")])
+            with mlflow.start_run() as active:
+                info = mlflow.keras.log_model(model, name="model")
+            versions.append(reg.register_version(client, NAME, info.model_uri, active.info.run_id))
+        metrics = {"test": {"accuracy": 0.95}, "fit": {"verdict": "good fit"}}
+
+        def record(run_id: str, previous: str | None) -> dict[str, str]:
+            gates = reg.gate_checks(0.95, "good fit", reg.RegisterParams())
+            return reg.promotion_tags(run_id, metrics, gates, "promoted", True, previous, None)
+
+        reg.promote(client, NAME, "1", record(versions[0].run_id, None))
+        champions_have_their_tags(client, NAME)
+
+        # Kill the server for real after the second registry write of version 2's promotion.
+        steps: list[str] = []
+
+        def kill_after_two(step: str) -> None:
+            steps.append(step)
+            if len(steps) == 2:
+                stop_server(server)
+
+        tags2 = record(versions[1].run_id, "1")
+        with pytest.raises(NnopsError, match=f"promoting {NAME} version 2"):
+            reg.promote(client, NAME, "2", tags2, kill_after_two)
+        assert len(steps) == 2 and not any(s.startswith("alias") for s in steps)
+
+        server = start_server(tmp_path, port)  # same store, back up
+        assert str(reg.alias_version(client, NAME, reg.CHAMPION).version) == "1"
+        champions_have_their_tags(client, NAME)
+        partial = client.get_model_version(NAME, "2")
+        assert "champion" not in (partial.aliases or [])
+
+        # Rerunning the promotion finishes it: version 2 is champion with its full record.
+        reg.promote(client, NAME, "2", tags2)
+        champ = client.get_model_version_by_alias(NAME, "champion")
+        assert str(champ.version) == "2" and tags2.items() <= champ.tags.items()
+        champions_have_their_tags(client, NAME)
+        assert [h["version"] for h in reg.champion_history(client, NAME)] == ["1", "2"]
+    finally:
+        mlflow.set_tracking_uri(None)
+        stop_server(server)
