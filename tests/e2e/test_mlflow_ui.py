@@ -1,0 +1,230 @@
+"""Two DVC experiments compared in the real MLflow UI, in headless Chromium.
+
+The store holds two pipeline runs that differ in ``train.learning_rate``. The test starts the UI
+the way ``make ui`` does, checks that the experiment's run list shows both runs with that param,
+their test accuracy and fit verdict, then opens MLflow's run-comparison view from the selection.
+Screenshots land in the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_tracking_server import free_port, serving
+
+from conftest import dvc, make_project
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = Path(os.environ.get("NNOPS_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("NNOPS_CHROMEDRIVER", "/usr/bin/chromedriver"))
+EXPERIMENTS = {"lr-small": "0.001", "lr-large": "0.01"}  # DVC experiment name -> learning rate
+PARAM, METRIC, TAG = "train.learning_rate", "test.accuracy", "fit"
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose embedded store holds two pipeline runs with different learning rates."""
+    root = make_project(tmp_path_factory.mktemp("ui") / "repo", {"train": {"epochs": 2}})
+    for name, lr in EXPERIMENTS.items():
+        dvc("exp", "run", "-n", name, "-S", f"{PARAM}={lr}", cwd=root)
+    return root
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    """Headless Chromium with a fresh profile, driven through the system chromedriver."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.fail(
+            f"browser tests need {CHROMIUM} and {CHROMEDRIVER} (scripts/ensure_chromium.sh; "
+            "NNOPS_CHROMIUM / NNOPS_CHROMEDRIVER point elsewhere)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1600,1000",
+                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _store_runs(root: Path) -> tuple[str, dict[str, object]]:
+    """Return the experiment id and the runs (by name) as the store holds them."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("nnops")
+    assert experiment is not None, "the pipeline did not create the 'nnops' experiment"
+    runs = client.search_runs([experiment.experiment_id])
+    return experiment.experiment_id, {run.info.run_name: run for run in runs}
+
+
+def _wait(driver, condition, what: str):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, WAIT_S, poll_frequency=0.25).until(condition)
+    except TimeoutException:
+        pytest.fail(f"timed out after {WAIT_S} s waiting for {what} at {driver.current_url}")
+
+
+def _close_assistant(driver) -> None:
+    """Close MLflow's assistant side panel when it is open (it narrows the run table)."""
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+        if button.is_displayed():
+            button.click()
+
+
+def _show_column(driver, name: str) -> None:
+    """Tick ``name`` in the run table's column chooser (searching keeps long lists short)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    search = driver.find_element(By.CSS_SELECTOR, "input[placeholder='Search columns']")
+    search.send_keys(Keys.CONTROL, "a")
+    search.send_keys(Keys.BACKSPACE)
+    search.send_keys(name)
+    xpath = (
+        f"//span[contains(@class,'tree-title')][normalize-space(.)='{name}']"
+        "/../preceding-sibling::span[contains(@class,'tree-checkbox')]"
+    )
+    _wait(driver, lambda d: d.find_elements(By.XPATH, xpath), f"column {name!r} in the chooser")
+    driver.find_element(By.XPATH, xpath).click()
+
+
+def _view_mode(driver, mode: str) -> None:
+    """Switch the experiment page between its TABLE, CHART and ARTIFACT views."""
+    from selenium.webdriver.common.by import By
+
+    radio = driver.find_element(By.CSS_SELECTOR, f"input[name='runs-view-mode'][value='{mode}']")
+    radio.find_element(By.XPATH, "./ancestor::label").click()
+
+
+def _table(driver) -> dict[str, dict[str, str]]:
+    """Read the run table as {run name: {column header: cell text}} from ag-grid's DOM."""
+    return driver.execute_script(
+        """
+        const headers = {};
+        document.querySelectorAll('.ag-header-cell[col-id]').forEach(h => {
+          headers[h.getAttribute('col-id')] = h.innerText.trim();
+        });
+        const rows = {};
+        document.querySelectorAll('.ag-row[row-index]').forEach(r => {
+          const cells = rows[r.getAttribute('row-index')] ||= {};
+          r.querySelectorAll('.ag-cell[col-id]').forEach(c => {
+            const header = headers[c.getAttribute('col-id')];
+            // A run-name cell also holds its colour swatch; its link holds the name alone.
+            const link = c.querySelector('a');
+            if (header) cells[header] = (link || c).innerText.trim();
+          });
+        });
+        const out = {};
+        Object.values(rows).forEach(cells => {
+          if (cells['Run Name']) out[cells['Run Name']] = cells;
+        });
+        return out;
+        """
+    )
+
+
+def test_experiment_lists_both_runs_and_compares_them(
+    two_runs: Path, browser, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    experiment_id, runs = _store_runs(two_runs)
+    assert set(runs) == set(EXPERIMENTS), f"runs in the store: {sorted(runs)}"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "nnops.ui", "--port", str(port)]
+    with serving(cmd, f"{base}/health", two_runs, tmp_path / "ui.log"):
+        driver = browser
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+        _wait(driver, lambda d: len(_table(d)) == 2, "both runs in the run table")
+        time.sleep(0.5)
+        _close_assistant(driver)
+
+        driver.find_element(By.CSS_SELECTOR, "[data-testid='column-selection-dropdown']").click()
+        for column in (PARAM, METRIC, TAG):
+            _show_column(driver, column)
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        _wait(
+            driver,
+            lambda d: all({PARAM, METRIC, TAG} <= set(r) for r in _table(d).values()),
+            "the param, metric and tag columns",
+        )
+        table = _table(driver)
+        driver.save_screenshot(str(tmp_path / "runs.png"))
+        for name, lr in EXPERIMENTS.items():
+            row, run = table[name], runs[name]
+            assert float(row[PARAM]) == float(lr), row
+            assert float(row[METRIC]) == pytest.approx(run.data.metrics[METRIC], abs=5e-4), row
+            assert row[TAG] == run.data.tags[TAG], row
+
+        # The chart view draws the per-epoch curves of both runs.
+        _view_mode(driver, "CHART")
+        _wait(
+            driver,
+            lambda d: (
+                len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 2
+                and "val_loss" in d.find_element(By.TAG_NAME, "body").text
+            ),
+            "the metric charts",
+        )
+        driver.save_screenshot(str(tmp_path / "charts.png"))
+        _view_mode(driver, "TABLE")
+        _wait(driver, lambda d: len(_table(d)) == 2, "the run table again")
+
+        # Select both runs and open MLflow's comparison view from the selection.
+        for box in driver.find_elements(
+            By.CSS_SELECTOR, "input[aria-label^='Press Space to toggle row selection']"
+        ):
+            box.click()
+        compare = _wait(
+            driver,
+            lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Compare"],
+            "the Compare button",
+        )
+        compare[0].click()
+        _wait(driver, lambda d: "compare-runs" in d.current_url, "the comparison view")
+        _wait(
+            driver,
+            lambda d: "Comparing 2 Runs" in d.find_element(By.TAG_NAME, "body").text,
+            "the comparison page",
+        )
+        _wait(
+            driver,
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"),
+            "the parallel-coordinates plot",
+        )
+        text = driver.find_element(By.TAG_NAME, "body").text
+        driver.save_screenshot(str(tmp_path / "compare.png"))
+
+    for run in runs.values():
+        assert run.info.run_id in driver.current_url or run.info.run_id in text
+    param_line = next(line for line in text.splitlines() if line.startswith(PARAM + " "))
+    assert set(param_line.split()[1:]) == set(EXPERIMENTS.values()), param_line
+    assert METRIC in text
+    shots = [tmp_path / f"{name}.png" for name in ("runs", "charts", "compare")]
+    for shot in shots:
+        assert shot.stat().st_size > 10_000, f"{shot} looks empty"
+    print(json.dumps({"screenshots": [str(shot) for shot in shots]}))
