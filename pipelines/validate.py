@@ -19,6 +19,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     from nnops.ingest import read_raw
     from nnops.io import write_json, write_text
 
+    validate.import_gx_in_background()  # overlaps the slow import with reading the data
     raw = read_raw(args.raw)
     prof = validate.profile(raw.frame, raw.meta, params.split)
     checks = validate.build_checks(prof, params.validate_, raw.meta)

@@ -17,8 +17,10 @@ turns its results into the compact report, naming the offending column for each 
 from __future__ import annotations
 
 import html
+import importlib
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +66,25 @@ class Check:
     column: str | None
     bound: Any
     describe: str
+
+
+def import_gx_in_background() -> threading.Thread:
+    """Start importing Great Expectations in a daemon thread and return the thread.
+
+    The import takes seconds; reading and profiling the raw table (numpy and pyarrow, which
+    release the GIL) can run meanwhile. :func:`run_suites` imports GX as usual, waiting for this
+    import to finish; an import error surfaces there.
+    """
+
+    def _import() -> None:
+        try:
+            importlib.import_module("great_expectations")
+        except Exception:  # reported again, in the main thread, by run_suites
+            log.debug("background import of great_expectations failed", exc_info=True)
+
+    thread = threading.Thread(target=_import, name="import-gx", daemon=True)
+    thread.start()
+    return thread
 
 
 def value_bounds(params: ValidateParams, meta: dict[str, Any]) -> tuple[float | None, float | None]:
