@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -105,6 +106,8 @@ def connect(params: MlflowParams) -> str:
     uri = resolve_tracking_uri(params)
     ensure_reachable(uri, params.connect_timeout_s)
     mlflow.set_tracking_uri(uri)
+    for name in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter on a new store
+        logging.getLogger(name).setLevel(logging.WARNING)
     with store_lock(uri):
         # The first client call creates/migrates the sqlite schema: do it under the lock.
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
@@ -178,3 +181,225 @@ def wait_for_server(uri: str, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """Return the commit checked out at ``root`` and whether tracked files differ from it.
+
+    Args:
+        root: a directory inside the git work tree.
+    """
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=20, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout if proc.returncode == 0 else None
+
+    commit = (git("rev-parse", "HEAD") or "").strip()
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": commit or "unknown",
+        "dirty": "unknown" if status is None else str(bool(status.strip())).lower(),
+    }
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """Return the id of experiment ``name``, creating it (with artifacts beside an embedded store).
+
+    Artifacts of an embedded sqlite store go to ``mlartifacts/`` next to ``mlflow.db``, never to
+    the working directory, which under ``dvc exp run --queue`` is a temporary copy.
+
+    Args:
+        uri: the tracking URI.
+        name: the experiment name (``mlflow.experiment``).
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    with store_lock(uri):
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        location = None
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            location = (db.parent / "mlartifacts").resolve().as_uri()
+        return str(client.create_experiment(name, artifact_location=location))
+
+
+def start_training_run(
+    uri: str,
+    experiment: str,
+    flat_params: dict[str, Any],
+    tags: dict[str, str],
+    resume_id: str | None = None,
+) -> RunInfo:
+    """Open the pipeline execution's run: continue ``resume_id`` if it exists, else create one.
+
+    A new run is named after ``$DVC_EXP_NAME`` when DVC runs an experiment and gets every param
+    under its dotted name; a continued run keeps its params and is marked running again.
+
+    Args:
+        uri: the tracking URI (from ``connect``).
+        experiment: the experiment name.
+        flat_params: params under their dotted names (``Params.flat()``).
+        tags: tags to set on the run.
+        resume_id: the run an interrupted execution of this stage started, if any.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, RunStatus
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(uri)
+    exp_id = experiment_id(uri, experiment)
+    if resume_id:
+        try:
+            run = client.get_run(resume_id)
+        except MlflowException:
+            run = None
+        if run is not None and run.info.experiment_id == exp_id:
+            with store_lock(uri):
+                client.update_run(resume_id, status=RunStatus.to_string(RunStatus.RUNNING))
+                client.set_tag(resume_id, "nnops.resumed", "true")
+            log.info("continuing MLflow run %s", resume_id)
+            return RunInfo(resume_id, exp_id, uri)
+        log.info(
+            "MLflow run %s of the interrupted execution is gone; starting a new one", resume_id
+        )
+    name = os.environ.get("DVC_EXP_NAME") or None
+    with store_lock(uri):
+        run = client.create_run(exp_id, run_name=name, tags=tags)
+        params = [Param(k, str(v)) for k, v in sorted(flat_params.items())]
+        for i in range(0, len(params), 100):
+            client.log_batch(run.info.run_id, params=params[i : i + 100])
+    log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run.info.run_name,
+             experiment, uri)  # fmt: skip
+    return RunInfo(run.info.run_id, exp_id, uri, extra={"run_name": run.info.run_name})
+
+
+class EpochLogger:
+    """Log each epoch's metrics once, at step = epoch; safe to call again after a resume.
+
+    Args:
+        info: the run to log into.
+    """
+
+    def __init__(self, info: RunInfo):
+        from mlflow import MlflowClient
+
+        self.info = info
+        self.client = MlflowClient(info.tracking_uri)
+        history = self.client.get_metric_history(info.run_id, "loss")
+        self.logged = {int(m.step) for m in history}
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` of ``epoch`` unless that epoch is already in the run.
+
+        Args:
+            epoch: the 1-based epoch number (the MLflow step).
+            metrics: metric name to value.
+        """
+        from mlflow.entities import Metric
+
+        if epoch in self.logged:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        with store_lock(self.info.tracking_uri):
+            self.client.log_batch(self.info.run_id, metrics=batch)
+        self.logged.add(epoch)
+
+    def catch_up(self, history: list[dict[str, float]]) -> None:
+        """Log epochs of ``history`` the run lacks (e.g. finished just before a kill).
+
+        Args:
+            history: per-epoch records with an ``epoch`` key.
+        """
+        for record in history:
+            self(int(record["epoch"]), record)
+
+
+class _KerasFlavor:
+    """``mlflow.keras`` with the model folder created before the input example is written.
+
+    MLflow 3.17's ``mlflow.keras.log_model(..., input_example=...)`` writes the example into a
+    folder that does not exist yet (mlflow/mlflow#16183); this is its ``log_model`` with that
+    one folder created first. The logged model is a plain ``mlflow.keras`` model.
+    """
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> Any:
+        import mlflow.keras
+
+        os.makedirs(path, exist_ok=True)
+        return mlflow.keras.save_model(path=path, **kwargs)
+
+
+def finish_training_run(
+    info: RunInfo,
+    model: Any,
+    example: Any,
+    metrics: dict[str, float],
+    artifacts: dict[str, list[Path]],
+    datasets: list[tuple[str, Any, Any, str, str]],
+    pip_requirements: list[str],
+) -> RunInfo:
+    """Log the model (``mlflow.keras`` flavor), datasets, final metrics and files; end the run.
+
+    Args:
+        info: the run from ``start_training_run``.
+        model: the trained Keras model (takes raw features).
+        example: a few raw input rows: the input example and signature source.
+        metrics: single-valued metrics (best epoch, restored-weights metrics, ...).
+        artifacts: artifact folder to files to upload there.
+        datasets: ``(context, features, targets, source path, digest)`` for ``mlflow.log_input``.
+        pip_requirements: requirements recorded with the model (skips slow inference).
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(info.tracking_uri)
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    with store_lock(info.tracking_uri), mlflow.start_run(run_id=info.run_id):
+        for context, x, y, source, digest in datasets:
+            with warnings.catch_warnings():
+                # A local path matches MLflow's local artifact source twice; it picks that one.
+                warnings.filterwarnings("ignore", message=".*interpreted in multiple ways")
+                data = mlflow.data.from_numpy(
+                    x, targets=y, source=source, name=context, digest=digest
+                )
+            mlflow.log_input(data, context=context)
+        logged = mlflow.models.Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=_KerasFlavor,
+            model=model,
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements,
+        )
+        mlflow.log_metrics(metrics)
+        for folder, paths in artifacts.items():
+            for path in paths:
+                if Path(path).exists():
+                    mlflow.log_artifact(str(path), artifact_path=folder)
+    return RunInfo(info.run_id, info.experiment_id, info.tracking_uri, logged.model_uri, info.extra)
+
+
+def fail_run(info: RunInfo) -> None:
+    """Mark the run failed (it is continued if the stage is rerun with its backup).
+
+    Args:
+        info: the run to mark.
+    """
+    from mlflow import MlflowClient
+
+    with store_lock(info.tracking_uri):
+        MlflowClient(info.tracking_uri).set_terminated(info.run_id, "FAILED")
