@@ -107,6 +107,8 @@ def learning_curves_png(history: Mapping[str, Sequence[float]]) -> bytes | None:
     if not metrics:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.4), squeeze=False)
     epochs = list(history.get("epoch") or range(1, len(history[metrics[0]]) + 1))
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -114,6 +116,7 @@ def learning_curves_png(history: Mapping[str, Sequence[float]]) -> bytes | None:
         if f"val_{metric}" in history:
             ax.plot(epochs, history[f"val_{metric}"], marker="o", markersize=3, label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -219,7 +222,10 @@ def _view(inputs: ReportInputs, figures: Mapping[str, bytes]) -> dict[str, Any]:
         "verdict": verdict,
         "evidence": list(evaluation.get("evidence") or []),
         "action": evaluation.get("recommended_action"),
-        "per_class": list(evaluation.get("per_class") or []),
+        "per_class": sorted(
+            (r for r in evaluation.get("per_class") or [] if isinstance(r, Mapping)),
+            key=lambda r: (r.get("f1", 0.0), str(r.get("class", ""))),
+        ),
         "explain": explain,
         "importances": list(explain.get("importances") or []),
         "slices": slices,
