@@ -1,0 +1,320 @@
+"""Batch prediction: load a model by URI, alias or path, score a CSV or npz, write probabilities.
+
+``nnops-predict --model models:/nnops-mlp@champion --input rows.csv --out predictions.csv``
+
+The model takes raw, unscaled rows (its preprocessing layer is inside), so the input holds the
+same raw feature columns the training data had. ``check_rows`` and ``prediction_table`` are pure;
+the rest reads and writes files at the edge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnops.errors import NnopsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to score raw rows, with what is known about its input and classes."""
+
+    ref: str
+    predict: Callable[[np.ndarray], np.ndarray]
+    n_features: int | None
+    class_names: list[str] | None
+
+
+def check_rows(
+    frame: Any, n_features: int | None, feature_names: Sequence[str] | None, source: str
+) -> np.ndarray:
+    """Turn a table of text cells into a float32 matrix, naming the column and row of a bad cell.
+
+    When ``feature_names`` are known and all present in the header, those columns are taken in
+    that order (extra columns such as ``label`` are ignored); otherwise every column is a feature.
+
+    Args:
+        frame: a pandas DataFrame of strings, as read from the input file.
+        n_features: the number of features the model takes, if known.
+        feature_names: the training feature names, if known.
+        source: the input file name, for messages.
+    """
+    import pandas as pd
+
+    columns = [str(c) for c in frame.columns]
+    if feature_names and set(feature_names) <= set(columns):
+        frame = frame[list(feature_names)]
+        columns = list(feature_names)
+    if n_features is not None and len(columns) != n_features:
+        hint = f" (expected columns: {', '.join(feature_names[:5])}, ...)" if feature_names else ""
+        raise NnopsError(
+            f"{source}: {len(columns)} columns, but the model takes {n_features} features{hint}"
+        )
+    if len(frame) == 0:
+        raise NnopsError(f"{source}: no rows to predict")
+    out = np.empty((len(frame), len(columns)), dtype=np.float32)
+    for j, name in enumerate(columns):
+        cells = frame.iloc[:, j]
+        values = pd.to_numeric(cells, errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() | ~np.isfinite(values.to_numpy(float)))
+        if len(bad):
+            i = int(bad[0])
+            raise NnopsError(
+                f"{source}: column {name!r}, row {i + 1}: {cells.iloc[i]!r} is not a finite "
+                f"number ({len(bad)} bad cell(s) in this column)"
+            )
+        out[:, j] = values.to_numpy(np.float32)
+    return out
+
+
+def prediction_table(proba: np.ndarray, class_names: Sequence[str] | None) -> Any:
+    """Return one row per input: the predicted class name, its index and every class probability.
+
+    Args:
+        proba: class probabilities, shape (rows, classes).
+        class_names: the name of each class index (indices are used when None).
+    """
+    import pandas as pd
+
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2:
+        raise NnopsError(f"the model returned shape {proba.shape}; expected (rows, classes)")
+    names = (
+        [str(c) for c in class_names] if class_names else [str(i) for i in range(proba.shape[1])]
+    )
+    if len(names) != proba.shape[1]:
+        raise NnopsError(f"{len(names)} class names for a model with {proba.shape[1]} outputs")
+    index = proba.argmax(axis=1)
+    table = pd.DataFrame(
+        {
+            "row": np.arange(1, len(proba) + 1),
+            "predicted": [names[i] for i in index],
+            "predicted_index": index,
+            "probability": proba.max(axis=1),
+        }
+    )
+    for k, name in enumerate(names):
+        table[f"p_{name}"] = proba[:, k]
+    return table
+
+
+# --- Edges: loading models and reading/writing files ---------------------------------------------
+
+
+def _registry_class_names(ref: str) -> list[str] | None:
+    """Read the class names the register stage recorded on a registered version, if any."""
+    import mlflow
+
+    body = ref.removeprefix("models:/")
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in body and not body.startswith("m-"):
+            name, number = body.split("/", 1)
+            version = client.get_model_version(name, number)
+        else:
+            return None
+    except Exception:  # a logged-model URI or an older registry: no recorded names
+        return None
+    names = (version.tags or {}).get("nnops.class_names")
+    return json.loads(names) if names else None
+
+
+def load_model(ref: str, tracking_uri: str | None = None) -> LoadedModel:
+    """Load a ``.keras`` file, or an MLflow model (``models:/name@alias``, ``runs:/...``).
+
+    Args:
+        ref: a path to a ``.keras`` file or an MLflow model URI.
+        tracking_uri: the MLflow store that holds registered models and runs.
+    """
+    if ref.endswith(".keras") and "://" not in ref and ":/" not in ref:
+        import keras
+
+        if not Path(ref).is_file():
+            raise NnopsError(f"{ref}: model file not found")
+        model = keras.saving.load_model(ref, safe_mode=True)
+        return LoadedModel(
+            ref,
+            lambda x: model.predict(x, batch_size=1024, verbose=0),
+            int(model.input_shape[-1]),
+            None,
+        )
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(ref)
+    except Exception as exc:
+        raise NnopsError(
+            f"{ref}: cannot load the model from {mlflow.get_tracking_uri()} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    n_features = None
+    schema = model.metadata.get_input_schema()
+    if schema is not None and schema.is_tensor_spec():
+        shape = schema.inputs[0].shape
+        n_features = int(shape[-1]) if shape and shape[-1] > 0 else None
+    elif schema is not None:
+        n_features = len(schema.inputs)
+    names = _registry_class_names(ref) if ref.startswith("models:/") else None
+    return LoadedModel(ref, lambda x: np.asarray(model.predict(x)), n_features, names)
+
+
+def read_rows(
+    path: str | Path,
+    n_features: int | None,
+    feature_names: Sequence[str] | None = None,
+    key: str = "x_raw",
+    header: bool = True,
+) -> np.ndarray:
+    """Read raw rows from a CSV (header optional) or an npz array.
+
+    Args:
+        path: the input file (``.csv`` or ``.npz``).
+        n_features: the number of features the model takes, if known.
+        feature_names: the training feature names, to pick columns by header.
+        key: the array to read from an npz file.
+        header: whether the CSV's first line names the columns.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise NnopsError(f"{path}: input file not found")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            if key not in npz.files:
+                raise NnopsError(f"{path}: no array {key!r} (arrays: {', '.join(npz.files)})")
+            x = npz[key]
+        if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+            raise NnopsError(
+                f"{path}: {key!r} has shape {x.shape} and dtype {x.dtype}; "
+                "expected a 2-D numeric array"
+            )
+        if n_features is not None and x.shape[1] != n_features:
+            raise NnopsError(
+                f"{path}: {key!r} has {x.shape[1]} columns, but the model takes {n_features}"
+            )
+        if not np.isfinite(x).all():
+            i, j = np.argwhere(~np.isfinite(x))[0]
+            raise NnopsError(f"{path}: {key!r} row {i + 1}, column {j + 1} is not finite")
+        return x.astype(np.float32)
+    try:
+        frame = pd.read_csv(path, header=0 if header else None, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise NnopsError(f"{path}: not a readable CSV ({exc})") from None
+    if not header:
+        frame.columns = [f"column_{i + 1}" for i in range(frame.shape[1])]
+    return check_rows(frame, n_features, feature_names, str(path))
+
+
+def predict_file(
+    model_ref: str,
+    input_path: str | Path,
+    out_path: str | Path,
+    tracking_uri: str | None = None,
+    meta_path: str | Path | None = None,
+    key: str = "x_raw",
+    header: bool = True,
+) -> Any:
+    """Score a file and write the predictions CSV; return the prediction table.
+
+    Args:
+        model_ref: a ``.keras`` path or an MLflow model URI.
+        input_path: the CSV or npz file of raw rows.
+        out_path: where the predictions CSV goes.
+        tracking_uri: the MLflow store for ``models:/`` and ``runs:/`` URIs.
+        meta_path: a ``meta.json`` with ``class_names`` (and ``feature_names``).
+        key: the array to read from an npz file.
+        header: whether the CSV's first line names the columns.
+    """
+    from nnops.io import atomic_path, read_json
+
+    meta = read_json(meta_path) if meta_path else {}
+    model = load_model(model_ref, tracking_uri)
+    x = read_rows(input_path, model.n_features, meta.get("feature_names"), key, header)
+    try:
+        proba = model.predict(x)
+    except Exception as exc:
+        raise NnopsError(f"{model_ref}: prediction failed ({type(exc).__name__}: {exc})") from None
+    table = prediction_table(proba, meta.get("class_names") or model.class_names)
+    with atomic_path(out_path) as tmp:
+        table.to_csv(tmp, index=False)
+    log.info("wrote %d predictions to %s", len(table), out_path)
+    return table
+
+
+def parser() -> argparse.ArgumentParser:
+    """Return the command-line parser shared by ``nnops-predict`` and ``pipelines/predict.py``."""
+    p = argparse.ArgumentParser(prog="nnops-predict", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--model",
+        default="models:/nnops-mlp@champion",
+        help="a .keras file or an MLflow URI: models:/NAME@ALIAS, models:/NAME/VERSION, "
+        "runs:/RUN_ID/model (default: %(default)s)",
+    )
+    p.add_argument("--input", required=True, help="a CSV of raw feature columns, or an npz file")
+    p.add_argument("--out", required=True, help="the predictions CSV to write")
+    p.add_argument("--meta", help="meta.json with class_names/feature_names (data/processed)")
+    p.add_argument("--key", default="x_raw", help="array name inside an npz (default: x_raw)")
+    p.add_argument("--no-header", action="store_true", help="the CSV has no header line")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's embedded store)",
+    )
+    return p
+
+
+def default_tracking_uri() -> str:
+    """The project's store: ``$MLFLOW_TRACKING_URI``, else ``params.yaml``, else ``mlflow.db``."""
+    from nnops.config import MlflowParams, load_params
+    from nnops.tracking import resolve_tracking_uri
+
+    params = load_params().mlflow if Path("params.yaml").is_file() else MlflowParams()
+    return resolve_tracking_uri(params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``nnops-predict``; return the exit status (2 with a clear message on bad input).
+
+    Args:
+        argv: arguments, for tests; defaults to ``sys.argv[1:]``.
+    """
+    from nnops.config import ConfigError
+    from nnops.stage import configure_logging, quiet_environment
+
+    quiet_environment()
+    configure_logging()
+    args = parser().parse_args(argv)
+    try:
+        uri = args.tracking_uri or (
+            None if args.model.endswith(".keras") else default_tracking_uri()
+        )
+        table = predict_file(
+            args.model, args.input, args.out, uri, args.meta, args.key, header=not args.no_header
+        )
+    except (NnopsError, ConfigError) as exc:
+        print(f"nnops-predict: error: {exc}", file=sys.stderr)
+        return 2
+    counts = table["predicted"].value_counts().to_dict()
+    print(f"nnops-predict: {len(table)} rows -> {args.out} ({counts})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    raise SystemExit(main())

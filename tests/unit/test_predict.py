@@ -1,0 +1,232 @@
+"""Batch prediction: input checks, the prediction table, the CLI on a real model file and URI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import BIN, project_env
+from nnops.errors import NnopsError
+from nnops.predict import check_rows, main, prediction_table
+
+pytestmark = pytest.mark.unit
+
+
+def frame(rows, columns=("a", "b", "c")):
+    return pd.DataFrame(rows, columns=list(columns), dtype=str)
+
+
+def test_check_rows_converts_text_cells():
+    x = check_rows(frame([["1", "2.5", "-3e1"]]), 3, None, "in.csv")
+    assert x.dtype == np.float32 and x.tolist() == [[1.0, 2.5, -30.0]]
+
+
+def test_wrong_column_count_is_named():
+    with pytest.raises(NnopsError, match="in.csv: 3 columns, but the model takes 4 features"):
+        check_rows(frame([["1", "2", "3"]]), 4, None, "in.csv")
+
+
+@pytest.mark.parametrize(
+    "cell, shown", [("abc", "'abc'"), ("", "''"), ("inf", "'inf'"), ("1,5", "'1,5'")]
+)
+def test_bad_cell_names_column_and_row(cell, shown):
+    rows = [["1", "2", "3"], ["4", cell, "6"], ["7", "x", "9"]]
+    with pytest.raises(NnopsError) as err:
+        check_rows(frame(rows), 3, None, "in.csv")
+    assert f"in.csv: column 'b', row 2: {shown} is not a finite number" in str(err.value)
+    assert "(2 bad cell(s) in this column)" in str(err.value)
+
+
+def test_header_names_pick_feature_columns_in_training_order():
+    f = frame([["9", "1", "2"]], columns=("label", "f2", "f1"))
+    assert check_rows(f, 2, ["f1", "f2"], "in.csv").tolist() == [[2.0, 1.0]]
+
+
+def test_prediction_table_has_names_and_probabilities():
+    t = prediction_table(np.array([[0.1, 0.9], [0.7, 0.3]]), ["no", "yes"])
+    assert list(t.columns) == [
+        "row",
+        "predicted",
+        "predicted_index",
+        "probability",
+        "p_no",
+        "p_yes",
+    ]
+    assert t["predicted"].tolist() == ["yes", "no"]
+    assert t["probability"].tolist() == [0.9, 0.7]
+    with pytest.raises(NnopsError, match="3 class names for a model with 2 outputs"):
+        prediction_table(np.array([[0.1, 0.9]]), ["a", "b", "c"])
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A tiny Keras model with a rescaling layer inside, saved in the .keras format."""
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Rescaling(0.5), keras.layers.Dense(2, "softmax")]
+    )
+    model.layers[-1].set_weights([np.array([[1.0, 0], [0, 1.0], [0, 0]]), np.zeros(2)])
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+def test_cli_scores_a_csv_with_class_names(tmp_path: Path, model_file: Path, capsys):
+    (tmp_path / "rows.csv").write_text("a,b,c\n4,0,1\n0,4,1\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"class_names": ["left", "right"]}))
+    code = main(
+        [
+            "--model",
+            str(model_file),
+            "--input",
+            str(tmp_path / "rows.csv"),
+            "--out",
+            str(tmp_path / "out.csv"),
+            "--meta",
+            str(tmp_path / "meta.json"),
+        ]
+    )
+    assert code == 0
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert out["predicted"].tolist() == ["left", "right"]
+    expected = np.exp([2, 0]) / np.exp([2, 0]).sum()  # softmax of rescaled rows
+    assert out.loc[0, ["p_left", "p_right"]].to_numpy(float) == pytest.approx(expected, rel=1e-5)
+    assert "2 rows" in capsys.readouterr().out
+
+
+def test_cli_scores_npz_and_headerless_csv(tmp_path: Path, model_file: Path):
+    np.savez(tmp_path / "rows.npz", x_raw=np.array([[0, 4, 0]], dtype=np.float32))
+    assert (
+        main(
+            [
+                "--model",
+                str(model_file),
+                "--input",
+                str(tmp_path / "rows.npz"),
+                "--out",
+                str(tmp_path / "a.csv"),
+            ]
+        )
+        == 0
+    )
+    assert pd.read_csv(tmp_path / "a.csv")["predicted"].tolist() == [1]
+    (tmp_path / "rows.csv").write_text("4,0,0\n")
+    assert (
+        main(
+            [
+                "--model",
+                str(model_file),
+                "--input",
+                str(tmp_path / "rows.csv"),
+                "--out",
+                str(tmp_path / "b.csv"),
+                "--no-header",
+            ]
+        )
+        == 0
+    )
+    assert pd.read_csv(tmp_path / "b.csv")["p_0"].iloc[0] > 0.5
+
+
+def test_console_script_rejects_bad_input_with_exit_2(tmp_path: Path, model_file: Path):
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "out.csv").write_text("previous predictions\n")
+    proc = subprocess.run(
+        [
+            str(BIN / "nnops-predict"),
+            "--model",
+            str(model_file),
+            "--input",
+            str(tmp_path / "bad.csv"),
+            "--out",
+            str(tmp_path / "out.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        env=project_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "nnops-predict: error:" in proc.stderr
+    assert "bad.csv: 2 columns, but the model takes 3 features" in proc.stderr
+    assert (tmp_path / "out.csv").read_text() == "previous predictions\n"  # left untouched
+
+
+def test_missing_inputs_are_named(tmp_path: Path, model_file: Path, capsys):
+    assert (
+        main(["--model", str(tmp_path / "nope.keras"), "--input", "x.csv", "--out", "o.csv"]) == 2
+    )
+    assert "nope.keras: model file not found" in capsys.readouterr().err
+    np.savez(tmp_path / "rows.npz", features=np.zeros((1, 3)))
+    assert (
+        main(
+            [
+                "--model",
+                str(model_file),
+                "--input",
+                str(tmp_path / "rows.npz"),
+                "--out",
+                str(tmp_path / "o.csv"),
+            ]
+        )
+        == 2
+    )
+    assert "no array 'x_raw' (arrays: features)" in capsys.readouterr().err
+
+
+def test_registered_model_by_alias_uses_recorded_class_names(tmp_path: Path, model_file: Path):
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = mlflow.MlflowClient(uri)
+        exp = client.create_experiment("p", artifact_location=(tmp_path / "art").as_uri())
+        model = keras.saving.load_model(model_file, safe_mode=True)
+        x = np.array([[4, 0, 1], [0, 4, 1]], dtype=np.float32)
+        with mlflow.start_run(experiment_id=exp):
+            info = mlflow.keras.log_model(
+                model, name="model", signature=infer_signature(x, model.predict(x, verbose=0))
+            )
+        version = mlflow.register_model(info.model_uri, "m")
+        client.set_model_version_tag("m", version.version, "nnops.class_names", '["L", "R"]')
+        client.set_registered_model_alias("m", "champion", version.version)
+        np.savez(tmp_path / "rows.npz", x_raw=x)
+        code = main(
+            [
+                "--model",
+                "models:/m@champion",
+                "--tracking-uri",
+                uri,
+                "--input",
+                str(tmp_path / "rows.npz"),
+                "--out",
+                str(tmp_path / "o.csv"),
+            ]
+        )
+        assert code == 0
+        assert pd.read_csv(tmp_path / "o.csv")["predicted"].tolist() == ["L", "R"]
+        (tmp_path / "wide.csv").write_text("a,b,c,d\n1,2,3,4\n")
+        code = main(
+            [
+                "--model",
+                "models:/m@champion",
+                "--tracking-uri",
+                uri,
+                "--input",
+                str(tmp_path / "wide.csv"),
+                "--out",
+                str(tmp_path / "o.csv"),
+            ]
+        )
+        assert code == 2  # the signature says 3 features
+    finally:
+        mlflow.set_tracking_uri(None)
