@@ -10,14 +10,16 @@ from pathlib import Path
 
 from nnops import report as rp
 from nnops.config import Params
-from nnops.io import repo_root, write_text
+from nnops.io import write_text
 from nnops.stage import run_stage
 
 log = logging.getLogger("nnops.report")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    lineage = rp.git_lineage(repo_root()) | {
+    # The stage's own workspace (a temporary clone under `dvc exp run --queue`): its HEAD is the
+    # commit this run was made from.
+    lineage = rp.git_lineage(Path.cwd()) | {
         "dvc_exp": os.environ.get("DVC_EXP_NAME"),
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
     }
