@@ -48,7 +48,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
     metrics = {s: scores[s].headline() for s in ev.SPLITS} | {"fit": fit.metrics()}
     report = ev.evaluation_report(scores, class_names, fit, curve)
     y_test, p_test = splits["test"][1], probas["test"].argmax(axis=1)
-    figures = ev.write_plots(plots, history, scores["test"], class_names, curve, y_test, p_test)
+    # Without evaluate.learning_curve the plot holds one point: the evaluated model itself.
+    points = curve or [ev.curve_point(1.0, len(splits["train"][1]), scores["train"], scores["val"])]
+    figures = ev.write_plots(plots, history, scores["test"], class_names, points, y_test, p_test)
     write_json(out / "evaluation.json", report)
     write_json(out / "metrics.json", metrics)
 

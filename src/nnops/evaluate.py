@@ -173,6 +173,27 @@ def subset_indices(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
+def curve_point(
+    fraction: float, train_size: int, train: SplitScores, val: SplitScores
+) -> dict[str, float]:
+    """One point of the training-size learning curve.
+
+    Args:
+        fraction: the share of the training data used.
+        train_size: the number of training rows used.
+        train: scores on those training rows.
+        val: scores on the validation split.
+    """
+    return {
+        "fraction": float(fraction),
+        "train_size": int(train_size),
+        "train_accuracy": train.accuracy,
+        "val_accuracy": val.accuracy,
+        "train_loss": train.loss,
+        "val_loss": val.loss,
+    }
+
+
 def learning_curve(
     fit: Callable[[np.ndarray, np.ndarray], Any],
     train: tuple[np.ndarray, np.ndarray],
@@ -206,16 +227,7 @@ def learning_curve(
             on_train.accuracy,
             on_val.accuracy,
         )
-        rows.append(
-            {
-                "fraction": float(fraction),
-                "train_size": int(len(idx)),
-                "train_accuracy": on_train.accuracy,
-                "val_accuracy": on_val.accuracy,
-                "train_loss": on_train.loss,
-                "val_loss": on_val.loss,
-            }
-        )
+        rows.append(curve_point(fraction, len(idx), on_train, on_val))
     return rows
 
 
@@ -429,7 +441,7 @@ def write_plots(
         history: per-epoch columns from the train stage.
         test: the test split's scores.
         class_names: the name of each class index.
-        curve: the training-size learning curve rows, or None.
+        curve: the training-size learning curve rows (a PNG is drawn from two points on).
         y_test: true test class indices.
         y_pred: predicted test class indices.
     """
@@ -458,6 +470,7 @@ def write_plots(
     figures.append(_save(fig, out / "confusion_test.png"))
     if curve:
         _write_csv(out / "learning_curve.csv", curve, list(curve[0]))
+    if curve and len(curve) > 1:
         fig = curve_figure(
             [r["train_size"] for r in curve],
             {

@@ -148,3 +148,13 @@ def test_learning_curve_retrains_the_train_stage_model_on_growing_shares():
     assert rows[1]["val_accuracy"] > rows[0]["val_accuracy"] + 0.1
     again = ev.learning_curve(fitter, train, val, [0.1], names, seed=0)
     assert again[0]["val_accuracy"] == rows[0]["val_accuracy"]  # seeded: same subset, same model
+
+
+def test_single_curve_point_writes_the_dvc_file_but_no_figure(tmp_path: Path):
+    y = np.array([0, 1, 2])
+    s = ev.score_split(y, np.eye(3)[y], NAMES)
+    point = ev.curve_point(1.0, 3, s, s)
+    assert point["train_size"] == 3 and point["val_accuracy"] == 1.0
+    pngs = ev.write_plots(tmp_path, {}, s, NAMES, [point], y, y)
+    assert [p.name for p in pngs] == ["confusion_test.png"]
+    assert (tmp_path / "learning_curve.csv").read_text().splitlines()[1].startswith("1.0,3,")
