@@ -59,8 +59,10 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
     """A real HTTP server on 127.0.0.1 serving a temporary directory."""
+    for name in ("no_proxy", "NO_PROXY"):  # a CI proxy must not intercept 127.0.0.1
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
     root = tmp_path / "served"
     root.mkdir()
     handler = functools.partial(QuietHandler, directory=str(root))
