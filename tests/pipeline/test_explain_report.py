@@ -19,12 +19,12 @@ def _png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
-def _report_artifacts(root: Path) -> list[str]:
+def _artifacts(root: Path, folder: str) -> list[str]:
     import mlflow
 
     info = json.loads((root / "models" / "run.json").read_text())
     client = mlflow.MlflowClient(info["tracking_uri"])
-    return [a.path for a in client.list_artifacts(info["run_id"], "report")]
+    return sorted(a.path for a in client.list_artifacts(info["run_id"], folder))
 
 
 def test_default_run_draws_both_grids_and_the_report(reproduced_project: Path):
@@ -49,7 +49,10 @@ def test_default_run_draws_both_grids_and_the_report(reproduced_project: Path):
     assert 'alt="attribution grid" src="data:image/png;base64,' in html
     assert 'alt="misclassified examples" src="data:image/png;base64,' in html
     assert "| `train.epochs` | 20 | 3 |" in md  # the fast test params differ from the defaults
-    assert sorted(_report_artifacts(root)) == ["report/report.html", "report/report.md"]
+    assert _artifacts(root, "report") == ["report/report.html", "report/report.md"]
+    assert {"explain/attributions.png", "explain/misclassified.png"} <= set(
+        _artifacts(root, "explain")
+    )
     status = dvc("status", cwd=root).stdout
     assert "changed" not in status, status
 
