@@ -68,8 +68,9 @@ def ensure_reachable(uri: str, timeout_s: float) -> None:
             f"MLflow tracking server at {uri} cannot be reached ({exc}); start it "
             "(see README, 'Tracking server') or unset MLFLOW_TRACKING_URI / mlflow.tracking_uri"
         ) from None
-    # Keep MLflow's own HTTP client from retrying for minutes if the server goes away later.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    # Keep MLflow's own HTTP client from retrying for minutes if the server hangs or goes away:
+    # two tries of at most max(timeout_s, 5) seconds each (the params cap timeout_s at 30).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(timeout_s, 5))))
 
@@ -110,7 +111,13 @@ def connect(params: MlflowParams) -> str:
         logging.getLogger(name).setLevel(logging.WARNING)
     with store_lock(uri):
         # The first client call creates/migrates the sqlite schema: do it under the lock.
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:  # a hung server or a broken store: name it, do not hang
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise NnopsError(
+                f"MLflow tracking store at {uri} did not answer ({type(exc).__name__}: {first})"
+            ) from None
     return uri
 
 

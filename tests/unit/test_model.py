@@ -1,0 +1,190 @@
+"""The network built from params, its preprocessing, saving, and the training loop on tiny data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnops.config import HiddenLayer, TrainParams, parse_params
+from nnops.errors import NnopsError
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from nnops.distribute import Runtime  # noqa: E402
+from nnops.model import build_model, compile_model, make_optimizer, preprocessing_layer  # noqa: E402
+from nnops.train import TrainData, epoch_batches, fit  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+RESCALE = {"method": "rescale", "scale": 1 / 16, "offset": 0.0}
+
+
+def _runtime() -> Runtime:
+    return Runtime(tf.distribute.get_strategy(), "none", 1, True, 0)
+
+
+def _data(n: int = 240, d: int = 12, k: int = 3, seed: int = 0) -> TrainData:
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(0, 16, size=(k, d))
+    y = rng.integers(0, k, size=n)
+    x = np.clip(centers[y] + rng.normal(0, 3, size=(n, d)), 0, 16).astype("float32")
+    cut = int(n * 0.8)
+    return TrainData(x[:cut], y[:cut], x[cut:], y[cut:], k, RESCALE)
+
+
+def test_default_params_build_the_textbook_model():
+    params = parse_params({}).train
+    model = build_model(params, n_features=64, n_classes=10, preprocessing={"method": "none"})
+    compile_model(model, params, steps_per_epoch=10)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [(d.units, d.activation.__name__) for d in dense] == [
+        (64, "relu"),
+        (64, "relu"),
+        (10, "softmax"),
+    ]
+    assert len(model.layers) == 3  # nothing else without preprocessing or dropout
+    assert all(d.kernel_regularizer is None for d in dense)
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.001)
+    assert model.loss == "sparse_categorical_crossentropy"
+    assert params.batch_size == 32
+    assert model.output_shape == (None, 10)
+
+
+def test_preprocessing_layer_from_the_preprocess_spec():
+    rescale = preprocessing_layer(RESCALE, 4)
+    assert isinstance(rescale, keras.layers.Rescaling)
+    np.testing.assert_allclose(rescale(np.full((1, 4), 8.0, "float32")), 0.5)
+    spec = {"method": "standardize", "mean": [1.0, 2.0], "variance": [4.0, 1.0]}
+    norm = preprocessing_layer(spec, 2)
+    assert isinstance(norm, keras.layers.Normalization)
+    np.testing.assert_allclose(norm(np.array([[3.0, 2.0]], "float32")), [[1.0, 0.0]], atol=1e-5)
+    assert preprocessing_layer({"method": "none"}, 3) is None
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"method": "whiten"}, "method='whiten'"),
+        ({"method": "standardize", "mean": [0.0, 1.0, 2.0], "variance": [1.0, 1.0]}, "variance"),
+        ({"method": "rescale"}, "needs 'scale'"),
+        ({"method": "rescale", "scale": [1.0, 2.0], "offset": 0.0}, "scale has 2 values"),
+    ],
+)
+def test_bad_preprocessing_spec_names_the_problem(spec, message):
+    with pytest.raises(NnopsError, match=message):
+        preprocessing_layer(spec, 3)
+
+
+def test_params_shape_the_network_and_optimizer():
+    params = TrainParams(
+        hidden_layers=(
+            HiddenLayer(units=32, activation="tanh", dropout=0.25),
+            HiddenLayer(units=16, activation="gelu"),
+        ),
+        l2=0.01,
+        optimizer="sgd",
+        learning_rate=0.05,
+        lr_schedule="exponential",
+        lr_decay_rate=0.5,
+    )
+    model = build_model(params, 5, 4, RESCALE)
+    names = [layer.name for layer in model.layers]
+    assert names == ["preprocess", "hidden_1", "dropout_1", "hidden_2", "probabilities"]
+    assert model.get_layer("dropout_1").rate == 0.25
+    assert model.get_layer("hidden_1").kernel_regularizer.l2 == pytest.approx(0.01)
+    opt = make_optimizer(params, steps_per_epoch=10)
+    assert isinstance(opt, keras.optimizers.SGD)
+    schedule = opt._learning_rate  # the schedule object the optimizer holds
+    assert float(schedule(10)) == pytest.approx(0.025)  # one epoch: one decay step
+    adamw = make_optimizer(params.model_copy(update={"optimizer": "adamw"}), 10)
+    assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == pytest.approx(0.01)
+    cosine = make_optimizer(params.model_copy(update={"lr_schedule": "cosine", "epochs": 2}), 10)
+    assert float(cosine._learning_rate(20)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_saved_model_takes_raw_input_and_loads_in_safe_mode(tmp_path):
+    data = _data()
+    model, _ = fit(data, TrainParams(epochs=2), _runtime(), backup_dir=None)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    raw = data.x_val[:7]
+    np.testing.assert_allclose(loaded.predict(raw, verbose=0), model.predict(raw, verbose=0))
+    probs = loaded.predict(raw, verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert loaded.get_layer("preprocess").scale == pytest.approx(1 / 16)
+
+
+def test_mixed_precision_keeps_float32_probabilities():
+    params = TrainParams(mixed_precision=True)
+    model = build_model(params, 6, 3, RESCALE, mixed_precision=True)
+    assert model.get_layer("hidden_1").compute_dtype == "float16"
+    assert model(np.ones((2, 6), "float32")).dtype == "float32"
+    assert isinstance(make_optimizer(params, 5, True), keras.optimizers.LossScaleOptimizer)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    x = np.arange(20, dtype="float32").reshape(10, 2)
+    y = np.arange(10)
+    epoch = tf.Variable(0, dtype=tf.int64)
+
+    def order(seed: int, e: int) -> list[int]:
+        epoch.assign(e)
+        ds = epoch_batches(x, y, 4, seed, epoch)
+        return [int(v) for _, yb in ds for v in yb.numpy()]
+
+    first = order(1, 0)
+    assert sorted(first) == list(range(10))  # every example once per epoch
+    assert order(1, 0) == first  # same seed and epoch: same order
+    assert order(1, 1) != first  # another epoch: another order
+    assert order(2, 0) != first
+
+
+def test_two_deterministic_fits_are_bit_identical():
+    data = _data()
+    params = TrainParams(
+        epochs=3,
+        learning_rate=0.01,
+        hidden_layers=(HiddenLayer(units=16, dropout=0.2), HiddenLayer(units=8)),
+    )
+    runs = []
+    for _ in range(2):
+        keras.utils.set_random_seed(params.seed)
+        tf.config.experimental.enable_op_determinism()
+        model, result = fit(data, params, _runtime(), backup_dir=None)
+        runs.append((model.get_weights(), result.history))
+    (w1, h1), (w2, h2) = runs
+    assert all(np.array_equal(a, b) for a, b in zip(w1, w2, strict=True))
+    assert h1 == h2
+    assert [r["epoch"] for r in h1] == [1, 2, 3]
+    assert h1[-1]["val_accuracy"] > 0.5  # and it learned (chance: 1/3)
+
+
+def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path):
+    data = _data()
+    params = TrainParams(epochs=4, hidden_layers=(HiddenLayer(units=16, dropout=0.3),))
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt  # after epoch 2 is backed up
+
+    def seeded() -> None:
+        keras.utils.set_random_seed(params.seed)
+        tf.config.experimental.enable_op_determinism()
+
+    seeded()
+    full, full_result = fit(data, params, _runtime(), tmp_path / "full")
+    seeded()
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, params, _runtime(), tmp_path / "cut", callbacks=[Stop()])
+    seeded()
+    keras.utils.set_random_seed(params.seed + 99)  # a fresh process would not share RNG state
+    resumed, result = fit(data, params, _runtime(), tmp_path / "cut")
+    assert result.start_epoch == 2
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    assert result.history == full_result.history
+    for a, b in zip(full.get_weights(), resumed.get_weights(), strict=True):
+        assert np.array_equal(a, b)

@@ -1,0 +1,146 @@
+"""Tracking edge: where the store is, failing fast, one run that survives a resume, epochs once."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from nnops.config import MlflowParams
+from nnops.errors import NnopsError
+from nnops.tracking import (
+    EpochLogger,
+    connect,
+    experiment_id,
+    git_state,
+    read_run_info,
+    resolve_tracking_uri,
+    start_training_run,
+    write_run_info,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_uri_precedence_env_then_params_then_embedded(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    default = resolve_tracking_uri(MlflowParams())
+    assert default == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_tracking_uri(MlflowParams(tracking_uri="http://h:1")) == "http://h:1"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:2")
+    assert resolve_tracking_uri(MlflowParams(tracking_uri="http://h:1")) == "http://env:2"
+
+
+def test_queued_experiments_use_the_main_repository_store(tmp_path, monkeypatch):
+    main, copy = tmp_path / "main", tmp_path / "main" / ".dvc" / "tmp" / "exps" / "tmp123"
+    copy.mkdir(parents=True)
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(main))
+    assert resolve_tracking_uri(MlflowParams()) == f"sqlite:///{main.resolve()}/mlflow.db"
+
+
+def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.monotonic()
+    with pytest.raises(NnopsError, match=uri.replace(".", r"\.")):
+        connect(MlflowParams(connect_timeout_s=5))
+    assert time.monotonic() - start < 30
+
+
+def test_hung_server_fails_within_30_seconds_naming_the_uri(monkeypatch):
+    with socket.socket() as server:  # accepts TCP connections, never answers HTTP
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        for key in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR"):
+            monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{key}", raising=False)
+        start = time.monotonic()
+        with pytest.raises(NnopsError, match=f"{uri.replace('.', '[.]')} did not answer"):
+            connect(MlflowParams(connect_timeout_s=2))
+        assert time.monotonic() - start < 30
+
+
+def test_run_continues_after_a_resume_and_logs_each_epoch_once(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    flat = {"train.epochs": 3, "train.hidden_layers.0.units": 64, "mlflow.tracking_uri": None}
+    info = start_training_run(uri, "unit", flat, {"git.commit": "abc"})
+    logger = EpochLogger(info)
+    logger(1, {"loss": 1.0, "val_loss": 1.5})
+    logger(2, {"loss": 0.5, "val_loss": 1.0})
+
+    # The stage is killed and rerun: it continues the same run with a fresh logger.
+    again = start_training_run(uri, "unit", flat, {}, resume_id=info.run_id)
+    assert again.run_id == info.run_id
+    resumed = EpochLogger(again)
+    resumed.catch_up([{"epoch": 1, "loss": 1.0, "val_loss": 1.5}])  # already there: skipped
+    resumed(2, {"loss": 0.5, "val_loss": 1.0})
+    resumed(3, {"loss": 0.25, "val_loss": 0.9})
+
+    client = MlflowClient(uri)
+    steps = [m.step for m in client.get_metric_history(info.run_id, "loss")]
+    assert sorted(steps) == [1, 2, 3]
+    run = client.get_run(info.run_id)
+    assert run.data.params["train.hidden_layers.0.units"] == "64"
+    assert run.data.params["mlflow.tracking_uri"] == "None"
+    assert run.data.tags["git.commit"] == "abc" and run.data.tags["nnops.resumed"] == "true"
+    assert run.info.status == "RUNNING"
+
+    # A resume id that is not in the store starts a new run instead of failing.
+    fresh = start_training_run(uri, "unit", flat, {}, resume_id="0" * 32)
+    assert fresh.run_id != info.run_id
+
+
+def test_embedded_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # not where artifacts should go
+    store = tmp_path / "repo"
+    uri = f"sqlite:///{store}/mlflow.db"
+    store.mkdir()
+    exp = experiment_id(uri, "nnops")
+    assert experiment_id(uri, "nnops") == exp
+    location = MlflowClient(uri).get_experiment(exp).artifact_location
+    assert location == (store / "mlartifacts").as_uri()
+
+
+def test_run_info_round_trip_and_missing_keys(tmp_path):
+    from nnops.tracking import RunInfo
+
+    path = tmp_path / "run.json"
+    write_run_info(path, RunInfo("r1", "e1", "sqlite:///x.db", "models:/m-1", {"a": 1}))
+    assert read_run_info(path).model_uri == "models:/m-1"
+    path.write_text('{"run_id": "r1"}')
+    with pytest.raises(NnopsError, match="experiment_id, tracking_uri"):
+        read_run_info(path)
+
+
+def test_git_state_reports_commit_and_dirty_flag(tmp_path):
+    import subprocess
+
+    from conftest import project_env
+
+    env = project_env()
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, env=env, check=True)
+    (tmp_path / "a.txt").write_text("1")
+    subprocess.run(["git", "add", "a.txt"], cwd=tmp_path, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "c"], cwd=tmp_path, env=env, check=True)
+    clean = git_state(tmp_path)
+    assert len(clean["commit"]) == 40 and clean["dirty"] == "false"
+    (tmp_path / "a.txt").write_text("2")
+    assert git_state(tmp_path)["dirty"] == "true"
+    assert git_state(Path("/"))["commit"] == "unknown"
