@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, project_env, run
+from conftest import REPO, dvc, make_project, project_env, run, set_params
 
 pytestmark = pytest.mark.pipeline
 
@@ -389,3 +389,61 @@ def test_server_killed_midway_through_a_promotion_leaves_the_registry_consistent
     finally:
         mlflow.set_tracking_uri(None)
         stop_server(server)
+
+
+# --- The real pipeline ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dvc_repro_makes_a_champion_and_a_worse_rerun_does_not_replace_it(tmp_path: Path):
+    import mlflow
+
+    root = make_project(tmp_path / "repo", {"train": {"epochs": 15}})
+    dvc("repro", cwd=root)
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert metrics["fit"]["verdict"] == "good fit", metrics
+    registry = json.loads((root / "reports" / "registry.json").read_text())
+    assert registry["promoted"] is True and registry["version"] == "1"
+
+    shown = dvc("metrics", "show", "--json", cwd=root).stdout
+    assert '"verdict": "good fit"' in shown and '"f1_macro"' in shown
+    plots = json.loads(dvc("plots", "show", "--json", cwd=root).stdout)
+    names = set(plots.get("data", plots))
+    assert {
+        "Loss per epoch (train vs validation)",
+        "Accuracy per epoch (train vs validation)",
+        "Test confusion matrix",
+    } <= names
+    assert not plots.get("errors"), plots.get("errors")
+
+    info = json.loads((root / "models" / "run.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    logged = client.get_run(info["run_id"])
+    assert logged.data.tags["fit"] == "good fit"
+    assert logged.data.tags["registry.promoted"] == "true"
+    assert logged.data.metrics["test.accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    pngs = {Path(a.path).name for a in client.list_artifacts(info["run_id"], "evaluation")}
+    assert {"loss.png", "accuracy.png", "confusion_test.png"} <= pngs
+    assert client.search_runs([info["experiment_id"]], "tags.fit = 'good fit'")
+
+    # Commit the first run so that `dvc metrics diff` compares against it.
+    run(["git", "add", "-A"], cwd=root)
+    run(["git", "commit", "-qm", "first model"], cwd=root)
+
+    # A worse model: one epoch of a tiny network. The gate stops it; the champion stays.
+    set_params(root, {"train": {"epochs": 1, "hidden_layers": [{"units": 4}]}})
+    dvc("repro", cwd=root)
+    registry = json.loads((root / "reports" / "registry.json").read_text())
+    assert registry["promoted"] is False and registry["version"] == "2", registry
+    assert registry["alias"] == "challenger"
+    assert {"min_test_accuracy", "require_good_fit", "not_worse_than_champion"} == set(
+        registry["failed_gates"]
+    )
+    champion = client.get_model_version_by_alias("nnops-mlp", "champion")
+    assert str(champion.version) == "1" and champion.tags["nnops.run_id"] == info["run_id"]
+    assert json.loads((root / "reports" / "metrics.json").read_text())["fit"]["verdict"] == (
+        "underfitting"
+    )
+    diff = json.loads(dvc("metrics", "diff", "--json", cwd=root).stdout)
+    test_acc = diff["reports/metrics.json"]["test.accuracy"]
+    assert test_acc["new"] < test_acc["old"] == pytest.approx(metrics["test"]["accuracy"])
