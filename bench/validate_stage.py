@@ -9,6 +9,8 @@ Prints the wall times and their ratios. Usage: ``python bench/validate_stage.py 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,9 +55,19 @@ def mnist_like(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run ``cmd``; return its wall time and the process (its CPU time goes to ``CPU``)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    return time.perf_counter() - start, proc
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[cmd[-1]] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, proc
+
+
+# CPU seconds (user + sys) per command, keyed by its last argument: steadier than wall time
+# on a machine shared with other jobs.
+CPU: dict[str, float] = {}
 
 
 def main() -> int:
@@ -63,6 +75,7 @@ def main() -> int:
     parser.add_argument("--columns", type=int, default=16, help="columns for the naive suite")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="nnops-bench-") as tmp:
         root = Path(tmp)
         (x_train, y_train), (x_test, y_test) = mnist_like(rng, 60_000), mnist_like(rng, 10_000)
@@ -75,7 +88,8 @@ def main() -> int:
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return 1
-        t_import, _ = timed([sys.executable, "-c", "import great_expectations"], REPO)
+        gx_import = "import great_expectations"
+        t_import, _ = timed([sys.executable, "-c", gx_import], REPO)
         t_python, _ = timed([sys.executable, "-c", "pass"], REPO)
         naive_cmd = [sys.executable, "-c", NAIVE, str(root / "raw/data.parquet"), str(args.columns)]
         _, naive = timed(naive_cmd, REPO)
@@ -85,12 +99,20 @@ def main() -> int:
         t_naive_cols = float(naive.stdout.strip().splitlines()[-1])
         t_naive = t_naive_cols * 784 / args.columns
     print(f"data: 70,000 x 784 uint8 pixels, 10 classes ({raw.frame.shape[1]} columns)")
+    print(
+        f"machine: {os.cpu_count()} cores, load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after (wall times grow with load; CPU times do not)"
+    )
     print(f"validate stage process (read, profile, GX, report): {t_stage:6.2f} s  (goal < 8 s)")
     print(f"bare python start:                                  {t_python:6.2f} s")
     print(f"bare 'import great_expectations':                   {t_import:6.2f} s")
     print(f"naive GX suite, {args.columns} columns, validation only:      {t_naive_cols:6.2f} s")
     print(f"naive GX suite extrapolated to 784 columns:         {t_naive:6.2f} s")
-    print(f"ratio stage / bare GX import:                       {t_stage / t_import:6.2f}x")
+    c_stage, c_import = CPU[str(root / "params.yaml")], CPU[gx_import]
+    print(f"validate stage process, CPU (user + sys):           {c_stage:6.2f} s")
+    print(f"bare 'import great_expectations', CPU:              {c_import:6.2f} s")
+    print(f"ratio stage / bare GX import (wall):                {t_stage / t_import:6.2f}x")
+    print(f"ratio stage / bare GX import (CPU):                 {c_stage / c_import:6.2f}x")
     print(f"ratio naive (784 cols, validation only) / stage:    {t_naive / t_stage:6.2f}x")
     return 0
 
