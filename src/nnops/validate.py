@@ -10,7 +10,7 @@ small tables that keep every guarantee:
   max, and the Kolmogorov-Smirnov statistic between the train and test partitions;
 - ``classes``: one row per class: count and share of rows.
 
-GX then checks these tables (:func:`build_suites`, :func:`run_suites`), and :func:`summarise`
+GX then checks these tables (:func:`build_checks`, :func:`run_suites`), and :func:`summarise`
 turns its results into the compact report, naming the offending column for each expectation.
 """
 
