@@ -208,3 +208,14 @@ def test_stage_passes_clean_data_and_writes_no_gx_project(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out/validation.json").read_text())["success"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml", "raw"]
+
+
+def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "nowhere", "--out", "out"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "validate: error: nowhere/meta.json: file not found (did the previous stage run?)"
+    ]
+    assert not (tmp_path / "out").exists()
