@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnops.config import FitThresholds
+from nnops.config import FitThresholds, HiddenLayer, TrainParams
 from nnops.diagnose import ACTIONS, GOOD_FIT, OVERFITTING, UNDERFITTING, diagnose, epoch_evidence
 
 pytestmark = pytest.mark.unit
@@ -101,10 +101,12 @@ def digits():
     return x_tr, y_tr, x_va, y_va
 
 
-def train_and_diagnose(digits, units, epochs, batch_size=32, lr=0.001, subset=None, noise=0.0):
+def train_and_diagnose(digits, params, subset=None, noise=0.0):
+    """Train the project's model (nnops.model.build_model) as ``params`` say, then diagnose it."""
     import keras
 
     from nnops import evaluate as ev
+    from nnops.model import build_model
 
     x_tr, y_tr, x_va, y_va = digits
     rng = np.random.default_rng(0)
@@ -114,20 +116,21 @@ def train_and_diagnose(digits, units, epochs, batch_size=32, lr=0.001, subset=No
     if noise:
         flip = rng.random(len(y_tr)) < noise
         y_tr[flip] = rng.integers(0, 10, flip.sum())
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Rescaling(1 / 16)]
-        + [keras.layers.Dense(u, activation="relu") for u in units]
-        + [keras.layers.Dense(10, activation="softmax")]
-    )
+    keras.utils.set_random_seed(params.seed)
+    model = build_model(params, 64, 10, {"method": "rescale", "scale": 1 / 16, "offset": 0.0})
     model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=keras.optimizers.Adam(params.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=8,
     )
     history = model.fit(
-        x_tr, y_tr, validation_data=(x_va, y_va), epochs=epochs, batch_size=batch_size, verbose=0
+        x_tr,
+        y_tr,
+        validation_data=(x_va, y_va),
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        verbose=0,
     )
     names = [str(i) for i in range(10)]
     train = ev.score_split(y_tr, ev.predict_proba(model, x_tr), names)
@@ -135,16 +138,21 @@ def train_and_diagnose(digits, units, epochs, batch_size=32, lr=0.001, subset=No
     return diagnose(train.headline(), val.headline(), history.history, FitThresholds())
 
 
+def layers(*units):
+    return tuple(HiddenLayer(units=u) for u in units)
+
+
 def test_tiny_model_trained_briefly_underfits(digits):
-    d = train_and_diagnose(digits, units=[2], epochs=1)
+    d = train_and_diagnose(digits, TrainParams(hidden_layers=layers(2), epochs=1))
     assert d.verdict == UNDERFITTING, d.summary()
     assert d.train_accuracy < 0.9
 
 
 def test_large_model_on_small_noisy_subset_trained_long_overfits(digits):
-    d = train_and_diagnose(
-        digits, units=[256, 256], epochs=60, batch_size=16, lr=0.003, subset=120, noise=0.3
+    params = TrainParams(
+        hidden_layers=layers(256, 256), epochs=60, batch_size=16, learning_rate=0.003, l2=0.0
     )
+    d = train_and_diagnose(digits, params, subset=120, noise=0.3)
     assert d.verdict == OVERFITTING, d.summary()
     assert d.accuracy_gap > 0.05
     assert d.epochs.best_epoch < d.epochs.last_epoch
@@ -152,6 +160,6 @@ def test_large_model_on_small_noisy_subset_trained_long_overfits(digits):
 
 
 def test_default_model_on_digits_is_a_good_fit(digits):
-    d = train_and_diagnose(digits, units=[64, 64], epochs=20)
+    d = train_and_diagnose(digits, TrainParams())  # the project's defaults: 64-64, 20 epochs
     assert d.verdict == GOOD_FIT, d.summary()
     assert d.train_accuracy >= 0.9
