@@ -124,6 +124,16 @@ def test_csv_run_ranks_features_and_flags_the_noisy_slice(csv_project: Path):
     assert "| `evaluate.slice_by` | [] | region |" in md
 
 
+def test_explain_params_rerun_only_explain_and_report(csv_project: Path):
+    set_params(csv_project, {"evaluate": {"explain_repeats": 2, "slice_max_gap": 0.1}})
+    try:
+        status = json.loads(dvc("status", "--json", cwd=csv_project).stdout)
+        assert sorted(status) == ["explain", "report"]
+    finally:
+        set_params(csv_project, {"evaluate": {"explain_repeats": 3, "slice_max_gap": 0.05}})
+    assert json.loads(dvc("status", "--json", cwd=csv_project).stdout) == {}
+
+
 def test_bad_slice_column_fails_before_touching_outputs(csv_project: Path, tmp_path: Path):
     before = {p.name: p.read_bytes() for p in (csv_project / "reports" / "explain").iterdir()}
     params = tmp_path / "params.yaml"
