@@ -34,7 +34,10 @@ def main(args: argparse.Namespace, params: Params) -> None:
 
     from nnops.explain import explain_test_set
 
-    model = keras.models.load_model(args.model, safe_mode=True, compile=False)
+    try:
+        model = keras.models.load_model(args.model, safe_mode=True, compile=False)
+    except (OSError, ValueError) as exc:
+        raise NnopsError(f"{args.model}: cannot load the Keras model ({exc})") from None
     result = explain_test_set(model, test, meta, params.evaluate, seed=params.train.seed)
     for name, content in result.files.items():
         with atomic_path(out / name) as tmp:

@@ -160,3 +160,17 @@ def test_bad_slice_column_stops_dvc_repro(csv_project: Path):
         assert "'colour' not found" in proc.stderr + proc.stdout
     finally:
         set_params(csv_project, {"evaluate": {"slice_by": ["region"]}})
+
+
+def test_unreadable_model_is_named(csv_project: Path, tmp_path: Path):
+    bad = tmp_path / "model.keras"
+    bad.write_text("not a model")
+    proc = run(
+        [sys.executable, "pipelines/explain.py", "--model", str(bad), "--out", str(tmp_path / "o")],
+        cwd=csv_project,
+        env=project_env(),
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert f"explain: error: {bad}: cannot load the Keras model" in proc.stderr
+    assert not (tmp_path / "o").exists()
