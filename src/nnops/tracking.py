@@ -373,7 +373,11 @@ def finish_training_run(
     from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(info.tracking_uri)
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    import numpy as np
+
+    # A direct call, not model.predict: under MultiWorkerMirroredStrategy predict would wait for
+    # the other workers, which have finished.
+    signature = infer_signature(example, np.asarray(model(example, training=False)))
     with store_lock(info.tracking_uri), mlflow.start_run(run_id=info.run_id):
         for context, x, y, source, digest in datasets:
             with warnings.catch_warnings():

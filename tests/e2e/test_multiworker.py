@@ -1,0 +1,92 @@
+"""Two local worker processes train together under MultiWorkerMirroredStrategy (TF_CONFIG)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_project, project_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def write_processed(folder: Path, n: int = 640, d: int = 16, k: int = 4, seed: int = 0) -> None:
+    """A small ``data/processed`` following the preprocess stage's contract."""
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(0, 16, size=(k, d))
+    y = rng.integers(0, k, size=n).astype("int64")
+    x_raw = np.clip(centers[y] + rng.normal(0, 3, size=(n, d)), 0, 16).astype("float32")
+    folder.mkdir(parents=True)
+    cuts = {"train": slice(0, 480), "val": slice(480, 560), "test": slice(560, n)}
+    for split, rows in cuts.items():
+        np.savez(folder / f"{split}.npz", x_raw=x_raw[rows], x=x_raw[rows] / 16, y=y[rows])
+    (folder / "preprocessing.json").write_text(
+        json.dumps({"method": "rescale", "scale": 1 / 16, "offset": 0.0})
+    )
+    meta = {
+        "source": "fixture",
+        "class_names": [str(c) for c in range(k)],
+        "data_hash": "fixture-0",
+        "splits": {s: r.stop - r.start for s, r in cuts.items()},
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_two_workers_end_with_the_same_weights(tmp_path: Path):
+    import keras
+
+    params = {"train": {"epochs": 3, "distribute": "multi_worker", "steps_per_execution": 16}}
+    root = make_project(tmp_path / "repo", params)
+    write_processed(root / "data/processed")
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = project_env(TF_CONFIG=json.dumps(tf_config))
+        cmd = [sys.executable, "pipelines/train.py", "--out", f"w{index}",
+               "--reports", f"w{index}/reports"]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )  # fmt: skip
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=600))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-4000:]
+
+    models = [keras.models.load_model(root / f"w{i}/model.keras", safe_mode=True) for i in (0, 1)]
+    for a, b in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    summaries = [json.loads((root / f"w{i}/reports/summary.json").read_text()) for i in (0, 1)]
+    assert [s["strategy"] for s in summaries] == ["multi_worker", "multi_worker"]
+    assert [s["replicas"] for s in summaries] == [2, 2]
+    assert [s["is_chief"] for s in summaries] == [True, False]
+    assert summaries[0]["epochs_run"] == 3 and summaries[0]["restored"]["val_accuracy"] > 0.5
+    # Only the chief tracks the run; both logged why steps_per_execution does not apply.
+    assert (root / "w0/run.json").exists() and not (root / "w1/run.json").exists()
+    assert all("custom training loop runs all" in err for _, err in outputs)
+    assert "Traceback" not in outputs[0][1]
