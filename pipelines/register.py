@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 from nnops import register as reg
@@ -30,58 +29,29 @@ def main(args: argparse.Namespace, params: Params) -> None:
     ensure_reachable(uri, params.mlflow.connect_timeout_s)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
-    version = str(reg.register_version(client, p.model_name, info.model_uri, info.run_id).version)
-
-    current = reg.alias_version(client, p.model_name, reg.CHAMPION)
-    already = current is not None and str(current.version) == version
-    champion = None
-    if current is not None and not already and p.compare_to_champion:
-        x, y = read_split(Path(args.data) / "test.npz")
-        champion = {
-            "version": str(current.version),
-            "accuracy": reg.score_model(f"models:/{p.model_name}@{reg.CHAMPION}", x, y),
-            "candidate_accuracy": reg.score_model(f"models:/{p.model_name}/{version}", x, y),
-        }
-    fit = metrics.get("fit", {}).get("verdict", "unknown")
-    gates = [] if already else reg.gate_checks(metrics["test"]["accuracy"], fit, p, champion)
-    promoted = already or all(g.passed for g in gates)
-    reason = "already champion" if already else reg.decision_reason(gates, current is None)
+    version = reg.register_version(client, p.model_name, info.model_uri, info.run_id).version
+    test = read_split(Path(args.data) / "test.npz")
     class_names = read_json(Path(args.data) / "meta.json").get("class_names")
-    tags = reg.promotion_tags(
+    record = reg.decide(
+        client,
+        p.model_name,
+        str(version),
         info.run_id,
         metrics,
-        gates,
-        reason,
-        promoted,
-        current.version if current else None,
+        p,
+        test,
         class_names,
+        lambda step: log.debug("registry: %s", step),
     )
-    if already:
-        pass
-    elif promoted:
-        reg.promote(client, p.model_name, version, tags, lambda s: log.debug("registry: %s", s))
-    else:
-        reg.record_rejection(client, p.model_name, version, tags, p.challenger_alias)
-    alias = reg.CHAMPION if promoted else (reg.CHALLENGER if p.challenger_alias else None)
     with resume_run(info, params.mlflow.connect_timeout_s):
-        mlflow.set_tags({"registry.version": version, "registry.promoted": str(promoted).lower()})
-    failed = [g.name for g in gates if not g.passed]
-    record = {
-        "registered": True,
-        "model_name": p.model_name,
-        "version": version,
-        "run_id": info.run_id,
-        "model_uri": f"models:/{p.model_name}/{version}",
-        "promoted": promoted,
-        "alias": alias,
-        "previous_champion": str(current.version) if current else None,
-        "reason": reason,
-        "gates": [asdict(g) for g in gates],
-        "failed_gates": failed,
-        "champion_accuracy": champion["accuracy"] if champion else None,
-    }
+        mlflow.set_tags(
+            {
+                "registry.version": record["version"],
+                "registry.promoted": str(record["promoted"]).lower(),
+            }
+        )
     write_json(args.out, record)
-    print(f"register: {p.model_name} version {version}: {reason}")
+    print(f"register: {p.model_name} version {record['version']}: {record['reason']}")
 
 
 def parser() -> argparse.ArgumentParser:

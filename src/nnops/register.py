@@ -349,3 +349,71 @@ def champion_history(client: Any, name: str) -> list[dict[str, str]]:
                 }
             )
     return sorted(rows, key=lambda r: (r["promoted_at"], int(r["version"])))
+
+
+def decide(
+    client: Any,
+    name: str,
+    version: str,
+    run_id: str,
+    metrics: Mapping[str, Any],
+    params: RegisterParams,
+    test: tuple[np.ndarray, np.ndarray],
+    class_names: list[str] | None,
+    on_step: Step | None = None,
+) -> dict[str, Any]:
+    """Gate a registered version, record the decision in the registry, return the decision record.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model name.
+        version: the candidate version (already registered).
+        run_id: the MLflow run that produced it.
+        metrics: the content of ``reports/metrics.json``.
+        params: the ``register`` params section.
+        test: raw test features and labels, to score the champion and the candidate alike.
+        class_names: names of the output classes, recorded on the version.
+        on_step: called after each registry write with a short description.
+    """
+    try:
+        test_accuracy = float(metrics["test"]["accuracy"])
+    except (KeyError, TypeError, ValueError):
+        raise NnopsError(
+            "metrics: no numeric test.accuracy (did the evaluate stage run?)"
+        ) from None
+    verdict = str((metrics.get("fit") or {}).get("verdict", "unknown"))
+    current = alias_version(client, name, CHAMPION)
+    previous = str(current.version) if current is not None else None
+    already = previous == str(version)
+    champion = None
+    if previous is not None and not already and params.compare_to_champion:
+        x, y = test
+        champion = {
+            "version": previous,
+            "accuracy": score_model(f"models:/{name}@{CHAMPION}", x, y),
+            "candidate_accuracy": score_model(f"models:/{name}/{version}", x, y),
+        }
+    gates = [] if already else gate_checks(test_accuracy, verdict, params, champion)
+    promoted = already or all(g.passed for g in gates)
+    reason = "already champion" if already else decision_reason(gates, previous is None)
+    if not already:
+        tags = promotion_tags(run_id, metrics, gates, reason, promoted, previous, class_names)
+        if promoted:
+            promote(client, name, version, tags, on_step)
+        else:
+            record_rejection(client, name, version, tags, params.challenger_alias, on_step)
+    alias = CHAMPION if promoted else (CHALLENGER if params.challenger_alias else None)
+    return {
+        "registered": True,
+        "model_name": name,
+        "version": str(version),
+        "run_id": run_id,
+        "model_uri": f"models:/{name}/{version}",
+        "promoted": promoted,
+        "alias": alias,
+        "previous_champion": None if already else previous,
+        "reason": reason,
+        "gates": [asdict(g) for g in gates],
+        "failed_gates": [g.name for g in gates if not g.passed],
+        "champion_accuracy": champion["accuracy"] if champion else None,
+    }
