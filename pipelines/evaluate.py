@@ -10,6 +10,7 @@ from pathlib import Path
 from nnops import evaluate as ev
 from nnops.config import Params
 from nnops.diagnose import diagnose
+from nnops.errors import NnopsError
 from nnops.io import read_json, write_json
 from nnops.stage import run_stage
 
@@ -17,18 +18,23 @@ log = logging.getLogger("nnops.evaluate")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import keras
-
     from nnops.tracking import read_run_info, resume_run
 
     data, out, plots = Path(args.data), Path(args.out), Path(args.out) / "plots"
-    class_names = [str(c) for c in read_json(data / "meta.json")["class_names"]]
+    # Read every input before the heavy imports, so that a missing file fails at once.
+    class_names = [str(c) for c in read_json(data / "meta.json").get("class_names") or []]
+    if len(class_names) < 2:
+        raise NnopsError(f"{data / 'meta.json'}: class_names must list at least two classes")
     splits = {s: ev.read_split(data / f"{s}.npz") for s in ev.SPLITS}
+    history, run_info = ev.read_history(args.history), read_run_info(args.run)
+    if not Path(args.model).is_file():
+        raise NnopsError(f"{args.model}: model file not found (did the train stage run?)")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import keras
+
     model = keras.saving.load_model(args.model, safe_mode=True)
     probas = {s: ev.predict_proba(model, x) for s, (x, _) in splits.items()}
     scores = {s: ev.score_split(splits[s][1], probas[s], class_names) for s in ev.SPLITS}
-    history = ev.read_history(args.history)
     fit = diagnose(
         scores["train"].headline(), scores["val"].headline(), history, params.evaluate.fit
     )
@@ -54,7 +60,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     write_json(out / "evaluation.json", report)
     write_json(out / "metrics.json", metrics)
 
-    with resume_run(read_run_info(args.run), params.mlflow.connect_timeout_s) as run:
+    with resume_run(run_info, params.mlflow.connect_timeout_s) as run:
         import mlflow
 
         mlflow.log_metrics(ev.flat_metrics(metrics))

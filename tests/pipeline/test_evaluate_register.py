@@ -179,6 +179,18 @@ def test_evaluate_stage_writes_metrics_plots_and_logs_to_the_training_run(built:
     assert {"loss.png", "accuracy.png", "confusion_test.png", "metrics.json"} <= artifacts
 
 
+def test_evaluate_stage_names_a_missing_input_and_keeps_previous_outputs(built: Path):
+    metrics = built / "reports" / "metrics.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    before = metrics.read_bytes() if metrics.exists() else None
+    proc = stage(built, "evaluate", "--history", "reports/train/nope.csv", check=False)
+    assert proc.returncode == 2
+    assert "evaluate: error: reports/train/nope.csv: file not found (did the train stage run?)" in (
+        proc.stderr
+    )
+    assert (metrics.read_bytes() if metrics.exists() else None) == before
+
+
 def test_first_model_becomes_champion_then_a_worse_one_does_not(built: Path):
     import mlflow
 
