@@ -108,6 +108,7 @@ def registry(tmp_path: Path):
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
 def test_registry_edge_promotes_records_history_and_reuses_versions(registry):
     client, (v1, v2) = registry
     assert (str(v1.version), str(v2.version)) == ("1", "2")
