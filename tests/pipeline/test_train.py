@@ -39,7 +39,9 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_repro_trains_and_the_run_shows_params_epochs_model_and_tags(reproduced_project: Path):
+def test_repro_trains_and_the_run_shows_params_epochs_model_and_tags(
+    reproduced_project: Path, monkeypatch: pytest.MonkeyPatch
+):
     import keras
     import mlflow
     from mlflow import MlflowClient
@@ -97,7 +99,7 @@ def test_repro_trains_and_the_run_shows_params_epochs_model_and_tags(reproduced_
     files = {a.path for folder in ("validation", "train") for a in client.list_artifacts(
         info["run_id"], folder)}  # fmt: skip
     assert {"validation/validation.json", "train/history.csv", "train/summary.json"} <= files
-    mlflow.set_tracking_uri(info["tracking_uri"])  # models:/ URIs resolve through it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", info["tracking_uri"])  # models:/ resolve through it
     logged = mlflow.keras.load_model(info["model_uri"])
     model_info = mlflow.models.get_model_info(info["model_uri"])
     assert model_info.signature is not None and model_info.saved_input_example_info
