@@ -180,15 +180,22 @@ def test_experiment_lists_both_runs_and_compares_them(
             assert float(row[METRIC]) == pytest.approx(run.data.metrics[METRIC], abs=5e-4), row
             assert row[TAG] == run.data.tags[TAG], row
 
-        # The chart view draws the per-epoch curves of both runs.
+        # The chart view draws the per-epoch curves of both runs (filtered to val_loss).
         _view_mode(driver, "CHART")
+        search = _wait(
+            driver,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']"),
+            "the chart search box",
+        )
+        search[0].send_keys("val_loss")
+        legends = [f"{name} (val_loss)" for name in EXPERIMENTS]
         _wait(
             driver,
             lambda d: (
-                len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 2
-                and "val_loss" in d.find_element(By.TAG_NAME, "body").text
+                d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+                and all(legend in d.find_element(By.TAG_NAME, "body").text for legend in legends)
             ),
-            "the metric charts",
+            "the val_loss chart of both runs",
         )
         driver.save_screenshot(str(tmp_path / "charts.png"))
         _view_mode(driver, "TABLE")
@@ -221,9 +228,18 @@ def test_experiment_lists_both_runs_and_compares_them(
 
     for run in runs.values():
         assert run.info.run_id in driver.current_url or run.info.run_id in text
-    param_line = next(line for line in text.splitlines() if line.startswith(PARAM + " "))
-    assert set(param_line.split()[1:]) == set(EXPERIMENTS.values()), param_line
-    assert METRIC in text
+    lines = text.splitlines()
+
+    def row(key: str) -> str:
+        return next(line for line in lines if line.startswith(key + " "))
+
+    # Params, metrics and tags tables of the comparison, one column per run.
+    assert set(row(PARAM).split()[1:]) == set(EXPERIMENTS.values()), row(PARAM)
+    assert set(row("dvc.exp_name").split()[1:]) == set(EXPERIMENTS), row("dvc.exp_name")
+    for run in runs.values():
+        assert run.data.tags[TAG] in row(TAG)
+    metrics_at = lines.index("Metrics")
+    assert "accuracy" in lines[metrics_at : metrics_at + 5], lines[metrics_at : metrics_at + 5]
     shots = [tmp_path / f"{name}.png" for name in ("runs", "charts", "compare")]
     for shot in shots:
         assert shot.stat().st_size > 10_000, f"{shot} looks empty"
