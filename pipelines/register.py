@@ -20,7 +20,7 @@ log = logging.getLogger("nnops.register")
 def main(args: argparse.Namespace, params: Params) -> None:
     import mlflow
 
-    from nnops.tracking import ensure_reachable, read_run_info, resume_run
+    from nnops.tracking import ensure_reachable, read_run_info, resume_run, store_lock
 
     p, info, metrics = params.register_, read_run_info(args.run), read_json(args.metrics)
     if not info.model_uri:
@@ -29,20 +29,23 @@ def main(args: argparse.Namespace, params: Params) -> None:
     ensure_reachable(uri, params.mlflow.connect_timeout_s)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
-    version = reg.register_version(client, p.model_name, info.model_uri, info.run_id).version
     test = read_split(Path(args.data) / "test.npz")
     class_names = read_json(Path(args.data) / "meta.json").get("class_names")
-    record = reg.decide(
-        client,
-        p.model_name,
-        str(version),
-        info.run_id,
-        metrics,
-        p,
-        test,
-        class_names,
-        lambda step: log.debug("registry: %s", step),
-    )
+    # One register at a time per embedded store (queued experiments): the champion compared
+    # against is still the champion when the alias moves.
+    with store_lock(uri):
+        version = reg.register_version(client, p.model_name, info.model_uri, info.run_id).version
+        record = reg.decide(
+            client,
+            p.model_name,
+            str(version),
+            info.run_id,
+            metrics,
+            p,
+            test,
+            class_names,
+            lambda step: log.debug("registry: %s", step),
+        )
     with resume_run(info, params.mlflow.connect_timeout_s):
         mlflow.set_tags(
             {
