@@ -203,3 +203,23 @@ def test_ci_report_on_a_real_repo_with_two_commits(tmp_path: Path) -> None:
     missing = run(["bash", "scripts/ci_report.sh", "main"], cwd=tmp_path, env=env, check=False)
     assert missing.returncode != 0
     assert "reports/metrics.json is missing" in missing.stderr
+
+
+def test_make_ui_and_server_call_the_launcher_on_localhost(tmp_path: Path) -> None:
+    from nnops.ui import server_command, ui_command
+
+    makefile = (REPO / "Makefile").read_text()
+    recipes = dict(re.findall(r"^(ui|server):.*\n\t(.+)$", makefile, flags=re.M))
+    assert "python -m nnops.ui ui" in recipes["ui"]
+    assert "python -m nnops.ui server" in recipes["server"]
+
+    ui = ui_command("sqlite:////x/mlflow.db", "127.0.0.1", 5000, tmp_path / "art")
+    assert ui[ui.index("--backend-store-uri") + 1] == "sqlite:////x/mlflow.db"
+    assert ui[ui.index("--host") + 1] == "127.0.0.1"
+    server = server_command(tmp_path / "store", "127.0.0.1", 5001)
+    assert server[3] == "server" and "--serve-artifacts" in server
+    backend = server[server.index("--backend-store-uri") + 1]
+    assert backend == f"sqlite:///{(tmp_path / 'store' / 'mlflow.db').resolve()}"
+    artifacts = server[server.index("--artifacts-destination") + 1]
+    assert artifacts == (tmp_path / "store" / "artifacts").resolve().as_uri()
+    assert server[server.index("--port") + 1] == "5001"
