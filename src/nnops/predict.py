@@ -152,8 +152,10 @@ def load_model(ref: str, tracking_uri: str | None = None) -> LoadedModel:
             int(model.input_shape[-1]),
             None,
         )
+    import keras
     import mlflow
 
+    keras.config.disable_interactive_logging()  # no progress bars from the pyfunc wrapper
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:

@@ -238,8 +238,10 @@ def score_model(model_uri: str, x: np.ndarray, y: np.ndarray) -> float:
         x: raw test features.
         y: test class indices.
     """
+    import keras
     import mlflow
 
+    keras.config.disable_interactive_logging()  # no progress bars from the pyfunc wrapper
     try:
         model = mlflow.pyfunc.load_model(model_uri)
         proba = np.asarray(model.predict(x))
