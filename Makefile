@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit lint format ui server bench clean
+.PHONY: help setup run test test-unit lint format ui server serve bench clean
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,11 @@ ui: setup  ## open the MLflow UI on 127.0.0.1:5000 against the project's store (
 
 server: setup  ## start a team MLflow tracking server on 127.0.0.1:5000 (sqlite + artifacts in mlserver/)
 	. $(BIN)/activate && python -m nnops.ui server --port $(or $(PORT),5000)
+
+serve: setup  ## serve models:/<register.model_name>@champion on 127.0.0.1:5001 (PORT=5001)
+	. $(BIN)/activate && export MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" && \
+	mlflow models serve -m "models:/$$(python -c 'from nnops.config import load_params; print(load_params().register_.model_name)')@champion" \
+	  --env-manager local -h 127.0.0.1 -p $(or $(PORT),5001)
 
 bench: setup  ## run the benchmarks in bench/
 	. $(BIN)/activate && for b in bench/*.py; do python $$b; done
