@@ -1,9 +1,10 @@
 """Scoring a model on each split, DVC plot rows, figures and the training-size learning curve.
 
-Every metric comes from ``sklearn.metrics``. The functions take arrays and return data (or a
-matplotlib ``Figure`` that the caller saves); reading files and logging to MLflow happen in
-``pipelines/evaluate.py``. Other stages may import these functions: ``score_split`` and
-``per_class_table`` are the stable entry points.
+Every metric comes from ``sklearn.metrics``. The scoring, diagnosis-report and figure functions
+take arrays and return data (or a matplotlib ``Figure``); the file edges at the end of the module
+(``read_split``, ``read_history``, ``write_plots``) read and write the stage's files, and MLflow
+logging happens in ``pipelines/evaluate.py``. Other stages may import ``score_split``,
+``per_class_table`` and ``read_split``; ``reports/evaluation.json`` is ``evaluation_report``.
 """
 
 from __future__ import annotations
