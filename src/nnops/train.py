@@ -27,7 +27,7 @@ import tensorflow as tf
 from nnops.config import TrainParams
 from nnops.distribute import Runtime
 from nnops.errors import NnopsError
-from nnops.io import read_json, write_json
+from nnops.io import atomic_path, read_json, write_json
 from nnops.model import build_model, compile_model, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -152,20 +152,26 @@ def _record(logs: Mapping[str, Any], optimizer: keras.optimizers.Optimizer) -> d
 
 
 class Backup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that also keeps the per-epoch history beside the weights.
+    """BackupAndRestore that also keeps the per-epoch history and early stopping's state.
 
-    Each epoch's record is written before the weights, so a kill between the two only makes the
-    resumed run repeat that epoch. The backup is left in place; the stage clears it on success.
+    Each epoch's record (and early stopping's best weights) is written before Keras commits the
+    weights and epoch number, so a kill between the two only makes the resumed run repeat that
+    epoch. The backup is left in place; the stage clears it after success.
 
     Args:
         backup_dir: where the state lives (kept by DVC across runs: ``persist: true``).
+        early: the run's EarlyStopping callback, whose state is kept too.
     """
 
-    def __init__(self, backup_dir: str | Path):
+    def __init__(self, backup_dir: str | Path, early: keras.callbacks.EarlyStopping | None = None):
         super().__init__(str(backup_dir), delete_checkpoint=False)
         self.history_path = Path(backup_dir) / "history.json"
         self.history: list[dict[str, float]] = []
         self.first_epoch = 0
+        self.early = early
+
+    def _best_path(self, epoch: int) -> Path:
+        return Path(self.backup_dir) / f"best-epoch-{epoch}.npz"
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
@@ -183,12 +189,36 @@ class Backup(keras.callbacks.BackupAndRestore):
         self.first_epoch = epoch
         if epoch:
             log.info("resuming from %s after epoch %d", self.backup_dir, epoch)
+            if self.early is not None:
+                self._restore_early_stopping()
+
+    def _restore_early_stopping(self) -> None:
+        """Replay the saved epochs through EarlyStopping and give it back its best weights."""
+        early = self.early
+        for record in self.history:
+            early.on_epoch_end(int(record["epoch"]) - 1, dict(record))
+        if early.restore_best_weights and early.best_weights is not None:
+            path = self._best_path(early.best_epoch + 1)
+            if not path.exists():
+                raise NnopsError(f"{path}: missing; delete {self.backup_dir} to start over")
+            with np.load(path, allow_pickle=False) as npz:
+                early.best_weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+        self.model.stop_training = False
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         record = {"epoch": epoch + 1, **_record(logs or {}, self.model.optimizer)}
         self.history = [*self.history[:epoch], record]
         write_json(self.history_path, self.history)
+        early = self.early
+        best_now = early is not None and early.restore_best_weights and early.best_epoch == epoch
+        if best_now:
+            with atomic_path(self._best_path(epoch + 1)) as tmp, tmp.open("wb") as fh:
+                np.savez(fh, *early.best_weights)
         super().on_epoch_end(epoch, logs)
+        if best_now:  # committed: older best weights are no longer needed
+            for old in Path(self.backup_dir).glob("best-epoch-*.npz"):
+                if old != self._best_path(epoch + 1):
+                    old.unlink()
 
 
 class EpochSink(keras.callbacks.Callback):
@@ -290,9 +320,10 @@ def fit(
             patience=es.patience,
             min_delta=es.min_delta,
             restore_best_weights=es.restore_best_weights,
+            mode="min" if "loss" in monitor else "max",
         )
         own.append(early)
-    backup = Backup(backup_dir) if backup_dir is not None else None
+    backup = Backup(backup_dir, early) if backup_dir is not None else None
     if backup is not None:
         own.append(backup)
     all_callbacks = [*own, *callbacks]

@@ -162,9 +162,14 @@ def test_two_deterministic_fits_are_bit_identical():
     assert h1[-1]["val_accuracy"] > 0.5  # and it learned (chance: 1/3)
 
 
-def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path):
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path, early_stopping):
     data = _data()
-    params = TrainParams(epochs=4, hidden_layers=(HiddenLayer(units=16, dropout=0.3),))
+    params = TrainParams(
+        epochs=4,
+        hidden_layers=(HiddenLayer(units=16, dropout=0.3),),
+        early_stopping={"enabled": early_stopping, "patience": 3, "monitor": "val_accuracy"},
+    )
 
     class Stop(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -186,5 +191,8 @@ def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path):
     assert result.start_epoch == 2
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
     assert result.history == full_result.history
+    assert result.best_epoch == full_result.best_epoch
     for a, b in zip(full.get_weights(), resumed.get_weights(), strict=True):
         assert np.array_equal(a, b)
+    if early_stopping:  # the saved model holds the best epoch's weights, not the last one's
+        assert list((tmp_path / "cut").glob("best-epoch-*.npz"))
