@@ -27,6 +27,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
         raise NnopsError(f"{data / 'meta.json'}: class_names must list at least two classes")
     splits = {s: ev.read_split(data / f"{s}.npz") for s in ev.SPLITS}
     history, run_info = ev.read_history(args.history), read_run_info(args.run)
+    summary = read_json(args.summary) if Path(args.summary).is_file() else {}
     if not Path(args.model).is_file():
         raise NnopsError(f"{args.model}: model file not found (did the train stage run?)")
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -35,8 +36,13 @@ def main(args: argparse.Namespace, params: Params) -> None:
     model = keras.saving.load_model(args.model, safe_mode=True)
     probas = {s: ev.predict_proba(model, x) for s, (x, _) in splits.items()}
     scores = {s: ev.score_split(splits[s][1], probas[s], class_names) for s in ev.SPLITS}
+    restored = summary.get("best_epoch") if summary.get("restored_best_weights") else None
     fit = diagnose(
-        scores["train"].headline(), scores["val"].headline(), history, params.evaluate.fit
+        scores["train"].headline(),
+        scores["val"].headline(),
+        history,
+        params.evaluate.fit,
+        model_epoch=restored,
     )
     curve = None
     if params.evaluate.learning_curve:
@@ -79,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default="models/run.json", help="the MLflow run written by train")
     p.add_argument("--data", default="data/processed", help="the processed splits")
     p.add_argument("--history", default="reports/train/history.csv", help="per-epoch history")
+    p.add_argument("--summary", default="reports/train/summary.json", help="train's summary")
     p.add_argument("--out", default="reports", help="where metrics, evaluation and plots go")
     return p
 

@@ -53,6 +53,8 @@ class EpochEvidence:
 
     best_epoch: int
     last_epoch: int
+    """The epoch whose weights the model holds: the last one run, or the restored best one."""
+    epochs_run: int
     best_val_loss: float
     last_val_loss: float
     val_loss_rise: float
@@ -89,6 +91,7 @@ class Diagnosis:
             out.update(
                 best_epoch=self.epochs.best_epoch,
                 last_epoch=self.epochs.last_epoch,
+                epochs_run=self.epochs.epochs_run,
                 val_loss_rise=self.epochs.val_loss_rise,
                 train_loss_change=self.epochs.train_loss_change,
             )
@@ -109,8 +112,13 @@ class Diagnosis:
         ]
         if self.epochs is not None:
             e = self.epochs
+            restored = (
+                f" (weights restored from epoch {e.last_epoch} of {e.epochs_run})"
+                if e.last_epoch != e.epochs_run
+                else ""
+            )
             lines.append(
-                f"  best validation loss at epoch {e.best_epoch} of {e.last_epoch}; "
+                f"  best validation loss at epoch {e.best_epoch} of {e.last_epoch}{restored}; "
                 f"rise since then {e.val_loss_rise:+.4f}, training loss change "
                 f"{e.train_loss_change:+.4f}"
             )
@@ -119,28 +127,34 @@ class Diagnosis:
         return "\n".join(lines)
 
 
-def epoch_evidence(history: Mapping[str, Sequence[float]]) -> EpochEvidence | None:
+def epoch_evidence(
+    history: Mapping[str, Sequence[float]], model_epoch: int | None = None
+) -> EpochEvidence | None:
     """Find the best validation-loss epoch and how validation and training loss moved after it.
 
     Args:
         history: per-epoch columns as written by the train stage (``epoch``, ``loss``,
             ``val_loss``); epochs are counted from 1 when no ``epoch`` column is given.
+        model_epoch: the epoch whose weights the model holds when early stopping restored
+            them (counted from 1); epochs after it do not describe the evaluated model.
     """
     val_loss = [float(v) for v in history.get("val_loss", ())]
     loss = [float(v) for v in history.get("loss", ())]
     if not val_loss or len(loss) != len(val_loss):
         return None
-    finite = [i for i, v in enumerate(val_loss) if math.isfinite(v)]
+    raw = [int(e) for e in history.get("epoch", range(1, len(val_loss) + 1))]
+    # Keras' CSVLogger counts from 0; report epochs counted from 1 either way.
+    epochs = [e + 1 for e in raw] if raw and raw[0] == 0 else raw
+    keep = [i for i, e in enumerate(epochs) if model_epoch is None or e <= model_epoch]
+    finite = [i for i in keep if math.isfinite(val_loss[i])]
     if not finite:
         return None
-    epochs = [int(e) for e in history.get("epoch", range(1, len(val_loss) + 1))]
-    # Keras' CSVLogger counts from 0; report epochs counted from 1 either way.
-    offset = 1 if epochs and epochs[0] == 0 else 0
     best = min(finite, key=lambda i: val_loss[i])
-    last = len(val_loss) - 1
+    last = keep[-1]
     return EpochEvidence(
-        best_epoch=epochs[best] + offset,
-        last_epoch=epochs[last] + offset,
+        best_epoch=epochs[best],
+        last_epoch=epochs[last],
+        epochs_run=epochs[-1],
         best_val_loss=val_loss[best],
         last_val_loss=val_loss[last],
         val_loss_rise=val_loss[last] - val_loss[best],
@@ -153,6 +167,7 @@ def diagnose(
     val: Mapping[str, float],
     history: Mapping[str, Sequence[float]] | None,
     thresholds: FitThresholds,
+    model_epoch: int | None = None,
 ) -> Diagnosis:
     """Decide between underfitting, overfitting and a good fit.
 
@@ -161,6 +176,7 @@ def diagnose(
         val: the same on the validation split.
         history: per-epoch training history (``loss``, ``val_loss``), or None when unknown.
         thresholds: the ``evaluate.fit`` params.
+        model_epoch: the epoch early stopping restored the weights of, if it did.
     """
     for name, scores in (("train", train), ("val", val)):
         missing = [k for k in ("accuracy", "loss") if k not in scores]
@@ -170,7 +186,7 @@ def diagnose(
     train_loss, val_loss = float(train["loss"]), float(val["loss"])
     accuracy_gap = train_acc - val_acc
     loss_gap = val_loss - train_loss
-    epochs = epoch_evidence(history) if history is not None else None
+    epochs = epoch_evidence(history, model_epoch) if history is not None else None
 
     under: list[str] = []
     over: list[str] = []

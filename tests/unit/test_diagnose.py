@@ -64,6 +64,19 @@ def test_val_loss_rising_while_train_loss_falls_is_overfitting():
     assert d.metrics()["best_epoch"] == 3
 
 
+def test_weights_restored_by_early_stopping_are_judged_at_their_epoch():
+    history = {
+        "epoch": [1, 2, 3, 4, 5],
+        "loss": [1.0, 0.5, 0.3, 0.2, 0.1],
+        "val_loss": [1.0, 0.4, 0.35, 0.45, 0.50],
+    }
+    d = diagnose(scores(0.97, 0.1), scores(0.95, 0.2), history, T, model_epoch=3)
+    assert d.verdict == GOOD_FIT, d.summary()
+    assert (d.epochs.best_epoch, d.epochs.last_epoch, d.epochs.epochs_run) == (3, 3, 5)
+    assert d.epochs.val_loss_rise == 0.0
+    assert "weights restored from epoch 3 of 5" in d.summary()
+
+
 def test_val_loss_rise_with_train_loss_rising_too_is_not_overfitting():
     # Both losses rise together (e.g. a too-high learning rate): not the overfitting pattern.
     history = {"loss": [0.3, 0.2, 0.4], "val_loss": [0.3, 0.2, 0.45]}
