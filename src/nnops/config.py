@@ -128,7 +128,7 @@ class TrainParams(_Section):
     lr_decay_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     steps_per_execution: PositiveInt = 32
-    input_pipeline: Literal["tf_data", "numpy"] = "tf_data"
+    input_pipeline: Literal["in_graph", "tf_data", "numpy"] = "in_graph"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     mixed_precision: bool = False
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"

@@ -327,7 +327,9 @@ def fit(
     if backup is not None:
         own.append(backup)
     all_callbacks = [*own, *callbacks]
-    if runtime.kind == "none":
+    if runtime.kind == "none" and params.input_pipeline == "in_graph":
+        history = _fit_in_graph(model, data, params, spe, all_callbacks)
+    elif runtime.kind == "none":
         history = _fit_keras(model, data, params, epoch, all_callbacks)
     else:
         history = _fit_custom(model, data, params, runtime, steps, epoch, all_callbacks)
@@ -388,6 +390,115 @@ def _fit_keras(
     return _history_from_logs(collect.records)
 
 
+def _step(
+    model: keras.Model, x: tf.Tensor, y: tf.Tensor, size: tf.Tensor, training: bool, replicas: int
+) -> tf.Tensor:
+    """One step on one replica; returns (summed loss incl. penalty, hits, examples).
+
+    The loss is the mean over the global batch of ``size`` examples (the optimizer sums the
+    replicas' gradients) plus the weight penalty once, as ``model.fit`` computes it.
+    """
+    optimizer = model.optimizer
+    with tf.GradientTape() as tape:
+        probs = tf.cast(model(x, training=training), tf.float32)
+        per_example = keras.losses.sparse_categorical_crossentropy(y, probs)
+        reg = tf.add_n([tf.cast(v, tf.float32) for v in model.losses]) if model.losses else 0.0
+        loss = tf.reduce_sum(per_example) / size + reg / replicas
+        scaled = optimizer.scale_loss(loss) if training else loss
+    if training:
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    count = tf.cast(tf.shape(y)[0], tf.float32)
+    hits = tf.reduce_sum(
+        tf.cast(tf.equal(tf.argmax(probs, axis=-1), tf.cast(y, tf.int64)), tf.float32)
+    )
+    return tf.stack([tf.reduce_sum(per_example) + reg * count, hits, count])
+
+
+def _logs(train: np.ndarray, val: np.ndarray | None) -> dict[str, float]:
+    logs = {"loss": train[0] / train[2], "accuracy": train[1] / train[2]}
+    if val is not None:
+        logs.update(val_loss=val[0] / val[2], val_accuracy=val[1] / val[2])
+    return {k: float(v) for k, v in logs.items()}
+
+
+def _drive(
+    model: keras.Model,
+    callbacks: list[keras.callbacks.Callback],
+    epochs: int,
+    run_epoch: Callable[[int], dict[str, float]],
+) -> list[dict[str, float]]:
+    """The epoch loop of the custom loops: Keras callbacks around ``run_epoch(epoch) -> logs``."""
+    cb = keras.callbacks.CallbackList(callbacks, model=model)
+    model.stop_training = False
+    cb.on_train_begin()
+    first = next((c.first_epoch for c in callbacks if isinstance(c, Backup)), 0)
+    records: list[tuple[int, Mapping[str, Any]]] = []
+    for epoch in range(first, epochs):
+        cb.on_epoch_begin(epoch)
+        logs = run_epoch(epoch)
+        cb.on_epoch_end(epoch, logs)
+        records.append((epoch, _record(logs, model.optimizer)))
+        if model.stop_training:
+            break
+    cb.on_train_end()
+    return _history_from_logs(records)
+
+
+def _fit_in_graph(
+    model: keras.Model,
+    data: TrainData,
+    params: TrainParams,
+    spe: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> list[dict[str, float]]:
+    """Single-device loop with no input pipeline: batches are sliced inside the compiled loop.
+
+    The data stays in tensors; each call runs ``spe`` steps, taking batch indices from the
+    epoch's seeded permutation (the same order ``epoch_batches`` gives), so there is no per-batch
+    Python or tf.data work at all.
+    """
+    n, bs = len(data.x_train), params.batch_size
+    full, tail = divmod(n, bs)
+    xs, ys = tf.constant(data.x_train), tf.constant(data.y_train)
+
+    @tf.function
+    def train_steps(perm: tf.Tensor, first: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+        totals = tf.zeros([3])
+        for i in tf.range(first, first + count):
+            idx = tf.slice(perm, [i * bs], [bs])
+            size = tf.constant(bs, tf.float32)
+            totals += _step(model, tf.gather(xs, idx), tf.gather(ys, idx), size, True, 1)
+        return totals
+
+    @tf.function
+    def train_batch(idx: tf.Tensor) -> tf.Tensor:
+        size = tf.cast(tf.size(idx), tf.float32)
+        return _step(model, tf.gather(xs, idx), tf.gather(ys, idx), size, True, 1)
+
+    @tf.function
+    def evaluate(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return _step(model, x, y, tf.cast(tf.shape(y)[0], tf.float32), False, 1)
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        key = tf.constant([params.seed, epoch], tf.int64)
+        perm = tf.argsort(tf.random.stateless_uniform([n], seed=key))
+        totals = np.zeros(3)
+        for first in range(0, full, spe):
+            count = min(spe, full - first)
+            totals += train_steps(perm, tf.constant(first), tf.constant(count)).numpy()
+        if tail:
+            totals += train_batch(perm[full * bs :]).numpy()
+        val = None
+        if data.x_val is not None:
+            val = np.zeros(3)
+            for i in range(0, len(data.x_val), 4096):
+                val += evaluate(data.x_val[i : i + 4096], data.y_val[i : i + 4096]).numpy()
+        return _logs(totals, val)
+
+    return _drive(model, callbacks, params.epochs, run_epoch)
+
+
 def _fit_custom(
     model: keras.Model,
     data: TrainData,
@@ -400,7 +511,6 @@ def _fit_custom(
     """TensorFlow's documented custom loop: ``strategy.run`` per step, Keras callbacks per epoch."""
     strategy = runtime.strategy
     total = int(strategy.num_replicas_in_sync)
-    optimizer = model.optimizer
 
     def pipeline(x: np.ndarray, y: np.ndarray, epoch: Any, shuffle: bool) -> Any:
         def make(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -410,31 +520,13 @@ def _fit_custom(
 
         return strategy.distribute_datasets_from_function(make)
 
-    def replica_step(x: tf.Tensor, y: tf.Tensor, size: tf.Tensor, training: bool) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            probs = tf.cast(model(x, training=training), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(y, probs)
-            reg = tf.add_n([tf.cast(v, tf.float32) for v in model.losses]) if model.losses else 0.0
-            # Mean over the global batch (summed across replicas by the optimizer) plus the
-            # penalty once: the gradient equals single-device training on the same batch.
-            loss = tf.reduce_sum(per_example) / size + reg / total
-            scaled = optimizer.scale_loss(loss) if training else loss
-        if training:
-            grads = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        count = tf.cast(tf.shape(y)[0], tf.float32)
-        hits = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(probs, axis=-1), tf.cast(y, tf.int64)), tf.float32)
-        )
-        return tf.stack([tf.reduce_sum(per_example) + reg * count, hits, count])
-
     def steps_fn(training: bool) -> Callable[..., tf.Tensor]:
         @tf.function
         def run(iterator: Any, n_steps: tf.Tensor) -> tf.Tensor:
             totals = tf.zeros([3])
             for _ in tf.range(n_steps):
                 x, y, size = next(iterator)
-                out = strategy.run(replica_step, args=(x, y, size, training))
+                out = strategy.run(_step, args=(model, x, y, size, training, total))
                 totals += strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
             return totals
 
@@ -445,25 +537,13 @@ def _fit_custom(
     has_val = data.x_val is not None
     val_ds = pipeline(data.x_val, data.y_val, 0, False) if has_val else None
     val_steps = math.ceil(len(data.x_val) / params.batch_size) if has_val else 0
-    cb = keras.callbacks.CallbackList(callbacks, model=model)
-    model.stop_training = False
-    cb.on_train_begin()
-    first = next((c.first_epoch for c in callbacks if isinstance(c, Backup)), 0)
-    records: list[tuple[int, Mapping[str, Any]]] = []
-    for epoch in range(first, params.epochs):
-        cb.on_epoch_begin(epoch)
+
+    def run_epoch(epoch: int) -> dict[str, float]:
         totals = train_steps(iter(train_ds), tf.constant(steps)).numpy()
-        logs = {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
-        if val_ds is not None:
-            vt = eval_steps(iter(val_ds), tf.constant(val_steps)).numpy()
-            logs.update(val_loss=vt[0] / vt[2], val_accuracy=vt[1] / vt[2])
-        logs = {k: float(v) for k, v in logs.items()}
-        cb.on_epoch_end(epoch, logs)
-        records.append((epoch, _record(logs, optimizer)))
-        if model.stop_training:
-            break
-    cb.on_train_end()
-    return _history_from_logs(records)
+        val = eval_steps(iter(val_ds), tf.constant(val_steps)).numpy() if has_val else None
+        return _logs(totals, val)
+
+    return _drive(model, callbacks, params.epochs, run_epoch)
 
 
 def load_processed(folder: str | Path) -> tuple[TrainData, dict[str, Any], np.ndarray]:

@@ -196,3 +196,24 @@ def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path, early_stopping
         assert np.array_equal(a, b)
     if early_stopping:  # the saved model holds the best epoch's weights, not the last one's
         assert list((tmp_path / "cut").glob("best-epoch-*.npz"))
+
+
+@pytest.mark.parametrize("pipeline", ["tf_data", "numpy"])
+def test_in_graph_loop_trains_like_model_fit(pipeline):
+    data = _data()
+    fits = {}
+    for name in ("in_graph", pipeline):
+        keras.utils.set_random_seed(7)
+        params = TrainParams(epochs=3, learning_rate=0.01, input_pipeline=name)
+        model, result = fit(data, params, _runtime(), backup_dir=None)
+        fits[name] = (model.get_weights(), result.history)
+    (w_graph, h_graph), (w_fit, h_fit) = fits["in_graph"], fits[pipeline]
+    assert [r["epoch"] for r in h_graph] == [r["epoch"] for r in h_fit] == [1, 2, 3]
+    if pipeline == "tf_data":  # same batches in the same order: the same training, to rounding
+        for a, b in zip(w_graph, w_fit, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+        for a, b in zip(h_graph, h_fit, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+            assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.03)
+    else:  # Keras shuffles by itself: a different order, a similar result
+        assert h_graph[-1]["val_accuracy"] == pytest.approx(h_fit[-1]["val_accuracy"], abs=0.2)
