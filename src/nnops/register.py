@@ -200,7 +200,10 @@ def register_version(client: Any, name: str, model_uri: str, run_id: str) -> Any
     """
     import mlflow
 
-    existing = version_for_run(client, name, run_id, model_uri)
+    try:
+        existing = version_for_run(client, name, run_id, model_uri)
+    except Exception as exc:
+        raise _mlflow_error(f"searching {name!r} for run {run_id}", exc) from exc
     if existing is not None:
         log.info("run %s is already registered as %s version %s", run_id, name, existing.version)
         return existing
@@ -227,6 +230,8 @@ def alias_version(client: Any, name: str, alias: str) -> Any | None:
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
+        raise _mlflow_error(f"looking up {name}@{alias}", exc) from exc
+    except Exception as exc:  # connection errors
         raise _mlflow_error(f"looking up {name}@{alias}", exc) from exc
 
 
@@ -291,9 +296,15 @@ def promote(
             "failed after moving it; rerun the register stage to finish)",
             exc,
         ) from exc
+    # A promoted challenger stops being the challenger (best done last: the champion is set).
     challenger = alias_version(client, name, CHALLENGER)
     if challenger is not None and str(challenger.version) == str(version):
-        client.delete_registered_model_alias(name, CHALLENGER)
+        try:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        except Exception as exc:
+            raise _mlflow_error(
+                f"removing @{CHALLENGER} from {name} version {version}", exc
+            ) from exc
 
 
 def record_rejection(
