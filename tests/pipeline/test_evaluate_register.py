@@ -111,10 +111,11 @@ def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
     return root / "models" / "model.keras"
 
 
-def write_params(root: Path, **register: object) -> Path:
+def write_params(root: Path, curve: list[float] | None = None, **register: object) -> Path:
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     data["register"].update({"model_name": NAME, **register})
-    data["evaluate"]["learning_curve"] = None
+    data["evaluate"]["learning_curve"] = curve
+    data["train"]["epochs"] = 5  # for the learning curve's retraining
     (root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return root / "params.yaml"
 
@@ -189,6 +190,22 @@ def test_evaluate_stage_names_a_missing_input_and_keeps_previous_outputs(built: 
         proc.stderr
     )
     assert (metrics.read_bytes() if metrics.exists() else None) == before
+
+
+def test_evaluate_stage_retrains_on_shares_for_the_learning_curve(built: Path):
+    write_params(built, curve=[0.2, 1.0])
+    try:
+        proc = stage(built, "evaluate")
+    finally:
+        write_params(built)
+    assert "learning curve: 251 rows (20%)" in proc.stderr
+    curve = json.loads((built / "reports" / "evaluation.json").read_text())["learning_curve"]
+    assert [r["fraction"] for r in curve] == [0.2, 1.0]
+    assert curve[0]["train_size"] < curve[1]["train_size"] == 1257
+    assert curve[1]["val_accuracy"] > curve[0]["val_accuracy"]
+    with (built / "reports" / "plots" / "learning_curve.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 2
+    assert (built / "reports" / "plots" / "learning_curve.png").is_file()
 
 
 def test_first_model_becomes_champion_then_a_worse_one_does_not(built: Path):
