@@ -248,8 +248,9 @@ def start_training_run(
 ) -> RunInfo:
     """Open the pipeline execution's run: continue ``resume_id`` if it exists, else create one.
 
-    A new run is named after ``$DVC_EXP_NAME`` when DVC runs an experiment and gets every param
-    under its dotted name; a continued run keeps its params and is marked running again.
+    A new run is named after ``$DVC_EXP_NAME`` when DVC runs an experiment (else after the time
+    it starts) and gets every param under its dotted name; a continued run keeps its params and
+    is marked running again.
 
     Args:
         uri: the tracking URI (from ``connect``).
@@ -278,7 +279,8 @@ def start_training_run(
         log.info(
             "MLflow run %s of the interrupted execution is gone; starting a new one", resume_id
         )
-    name = os.environ.get("DVC_EXP_NAME") or None
+    # MLflow's random names come from Python's `random`, which training seeds: name runs here.
+    name = os.environ.get("DVC_EXP_NAME") or time.strftime("train-%Y%m%d-%H%M%S")
     with store_lock(uri):
         run = client.create_run(exp_id, run_name=name, tags=tags)
         params = [Param(k, str(v)) for k, v in sorted(flat_params.items())]

@@ -160,11 +160,19 @@ class Backup(keras.callbacks.BackupAndRestore):
 
     Args:
         backup_dir: where the state lives (kept by DVC across runs: ``persist: true``).
+        steps: optimizer steps per epoch.
         early: the run's EarlyStopping callback, whose state is kept too.
     """
 
-    def __init__(self, backup_dir: str | Path, early: keras.callbacks.EarlyStopping | None = None):
-        super().__init__(str(backup_dir), delete_checkpoint=False)
+    def __init__(
+        self,
+        backup_dir: str | Path,
+        steps: int,
+        early: keras.callbacks.EarlyStopping | None = None,
+    ):
+        # double_checkpoint: a kill while the weights file is written falls back to the last one.
+        super().__init__(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
+        self.steps = steps
         self.history_path = Path(backup_dir) / "history.json"
         self.history: list[dict[str, float]] = []
         self.first_epoch = 0
@@ -178,6 +186,13 @@ class Backup(keras.callbacks.BackupAndRestore):
         # The epoch to resume at, as BackupAndRestore saved it beside the weights.
         meta = Path(self.backup_dir) / "training_metadata.json"
         epoch = int(read_json(meta)["epoch"]) if meta.exists() else 0
+        # Keras writes the weights, then the epoch number: a kill between the two leaves weights
+        # one epoch ahead of the number. The optimizer's step count is saved with the weights.
+        done, rest = divmod(int(self.model.optimizer.iterations.numpy()), self.steps)
+        if rest == 0 and done == epoch + 1:
+            log.info("%s: the weights are from epoch %d (its number was not saved)", meta, done)
+            epoch = done
+            self.model._initial_epoch = done  # where model.fit resumes, as the base class sets it
         saved = read_json(self.history_path) if epoch and self.history_path.exists() else []
         if len(saved) < epoch:
             raise NnopsError(
@@ -266,11 +281,9 @@ def best_epoch(history: Sequence[Mapping[str, float]], monitor: str) -> int | No
         history: per-epoch records with an ``epoch`` key.
         monitor: the metric to rank by.
     """
-    values = [(r[monitor], r["epoch"]) for r in history if monitor in r]
-    if not values:
-        return None
-    pick = min if "loss" in monitor else max
-    return int(pick(values, key=lambda v: (v[0] if pick is min else -v[0], v[1]))[1])
+    sign = 1.0 if "loss" in monitor else -1.0
+    ranked = [(sign * r[monitor], r["epoch"]) for r in history if monitor in r]
+    return int(min(ranked)[1]) if ranked else None  # ties: the earliest epoch
 
 
 def fit(
@@ -323,7 +336,7 @@ def fit(
             mode="min" if "loss" in monitor else "max",
         )
         own.append(early)
-    backup = Backup(backup_dir, early) if backup_dir is not None else None
+    backup = Backup(backup_dir, steps, early) if backup_dir is not None else None
     if backup is not None:
         own.append(backup)
     all_callbacks = [*own, *callbacks]

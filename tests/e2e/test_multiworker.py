@@ -90,3 +90,50 @@ def test_two_workers_end_with_the_same_weights(tmp_path: Path):
     assert (root / "w0/run.json").exists() and not (root / "w1/run.json").exists()
     assert all("custom training loop runs all" in err for _, err in outputs)
     assert "Traceback" not in outputs[0][1]
+
+
+MIRRORED = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from nnops.config import TrainParams
+from nnops.distribute import Runtime
+from nnops.train import TrainData, fit
+
+rng = np.random.default_rng(0)
+centers = rng.uniform(0, 16, size=(4, 16))
+y = rng.integers(0, 4, size=500)
+x = np.clip(centers[y] + rng.normal(0, 3, size=(500, 16)), 0, 16).astype("float32")
+data = TrainData(x[:400], y[:400], x[400:], y[400:], 4, {"method": "none"})
+weights = {}
+for kind, strategy in [
+    ("none", tf.distribute.get_strategy()),
+    ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
+]:
+    keras.utils.set_random_seed(3)
+    params = TrainParams(epochs=2, batch_size=30, input_pipeline="tf_data", distribute=kind)
+    runtime = Runtime(strategy, kind, int(strategy.num_replicas_in_sync), True, 0)
+    model, result = fit(data, params, runtime, backup_dir=None)
+    weights[kind] = [w.tolist() for w in model.get_weights()]
+    weights[kind + "_replicas"] = runtime.replicas
+print("RESULT " + json.dumps(weights))
+"""
+
+
+def test_mirrored_over_two_replicas_matches_single_device_training(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED],
+        capture_output=True, text=True, env=project_env(), timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["mirrored_replicas"] == 2
+    # Each global batch of 30 is split 15/15 (and the last, short one unevenly) across the
+    # replicas; the summed gradients equal single-device ones up to float rounding.
+    for a, b in zip(result["none"], result["mirrored"], strict=True):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 
 from nnops.distribute import Runtime  # noqa: E402
 from nnops.model import build_model, compile_model, make_optimizer, preprocessing_layer  # noqa: E402
-from nnops.train import TrainData, epoch_batches, fit  # noqa: E402
+from nnops.train import TrainData, best_epoch, epoch_batches, fit  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -162,8 +164,10 @@ def test_two_deterministic_fits_are_bit_identical():
     assert h1[-1]["val_accuracy"] > 0.5  # and it learned (chance: 1/3)
 
 
-@pytest.mark.parametrize("early_stopping", [False, True])
-def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path, early_stopping):
+@pytest.mark.parametrize(
+    "early_stopping, torn", [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path, early_stopping, torn):
     data = _data()
     params = TrainParams(
         epochs=4,
@@ -185,6 +189,9 @@ def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path, early_stopping
     seeded()
     with pytest.raises(KeyboardInterrupt):
         fit(data, params, _runtime(), tmp_path / "cut", callbacks=[Stop()])
+    meta = tmp_path / "cut" / "training_metadata.json"
+    if torn:  # killed after Keras wrote epoch 2's weights but before it wrote the number 2
+        meta.write_text(json.dumps({"epoch": 1, "batch": 0}))
     seeded()
     keras.utils.set_random_seed(params.seed + 99)  # a fresh process would not share RNG state
     resumed, result = fit(data, params, _runtime(), tmp_path / "cut")
@@ -217,3 +224,14 @@ def test_in_graph_loop_trains_like_model_fit(pipeline):
             assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.03)
     else:  # Keras shuffles by itself: a different order, a similar result
         assert h_graph[-1]["val_accuracy"] == pytest.approx(h_fit[-1]["val_accuracy"], abs=0.2)
+
+
+def test_best_epoch_ranks_losses_down_and_accuracies_up():
+    history = [
+        {"epoch": 1, "val_loss": 0.5, "val_accuracy": 0.7},
+        {"epoch": 2, "val_loss": 0.3, "val_accuracy": 0.9},
+        {"epoch": 3, "val_loss": 0.3, "val_accuracy": 0.8},
+    ]
+    assert best_epoch(history, "val_loss") == 2  # ties go to the earlier epoch
+    assert best_epoch(history, "val_accuracy") == 2
+    assert best_epoch(history, "loss") is None
