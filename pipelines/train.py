@@ -24,14 +24,13 @@ def main(args: argparse.Namespace, params: Params) -> None:
     from nnops.io import write_json
 
     data, meta, x_pre = train.load_processed(args.data)
-    runtime = distribute.configure_runtime(p)
+    runtime = distribute.configure_runtime(p)  # before any other TensorFlow op
+    spec_file = f"{args.data}/preprocessing.json"
+    train.check_preprocessing(data.preprocessing, data.x_train, x_pre, spec_file)
     backup, state = train.prepare_backup(out / "backup", p, meta, data)
     run = train.TrackedRun.start(uri, params, meta, runtime, backup, state) if uri else None
     try:
         model, result = train.fit(data, p, runtime, backup, run.callbacks() if run else [])
-        train.check_preprocessing(
-            model, data.x_train, x_pre, Path(args.data) / "preprocessing.json"
-        )
         summary = train.summary(result, runtime, p, model, data)
         train.save_model(model, out / "model.keras")
         train.write_history_csv(reports / "history.csv", result.history)

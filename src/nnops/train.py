@@ -28,7 +28,7 @@ from nnops.config import TrainParams
 from nnops.distribute import Runtime
 from nnops.errors import NnopsError
 from nnops.io import atomic_path, read_json, write_json
-from nnops.model import build_model, compile_model, steps_per_epoch
+from nnops.model import build_model, compile_model, preprocessing_layer, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -605,26 +605,27 @@ def load_processed(folder: str | Path) -> tuple[TrainData, dict[str, Any], np.nd
     return data, meta, arrays["train"]["x"]
 
 
-def check_preprocessing(model: keras.Model, x_raw: np.ndarray, x: np.ndarray, source: str) -> None:
+def check_preprocessing(
+    spec: Mapping[str, Any], x_raw: np.ndarray, x: np.ndarray, source: str | Path
+) -> None:
     """Fail unless the model's preprocessing layer maps raw rows to the preprocessed rows.
 
     Args:
-        model: the trained model.
+        spec: the preprocess stage's description of its scaling.
         x_raw: raw training rows.
         x: the same rows as the preprocess stage scaled them.
         source: where the spec came from, for the message.
     """
     rows = slice(0, min(len(x_raw), 512))
-    try:
-        layer = model.get_layer("preprocess")
-        mapped = keras.ops.convert_to_numpy(layer(x_raw[rows]))
-    except ValueError:
-        mapped = x_raw[rows]
-    if not np.allclose(mapped, x[rows], rtol=1e-4, atol=1e-4):
-        worst = float(np.max(np.abs(mapped - x[rows])))
+    layer = preprocessing_layer(spec, int(x_raw.shape[1]))
+    mapped = x_raw[rows] if layer is None else keras.ops.convert_to_numpy(layer(x_raw[rows]))
+    if mapped.shape != x[rows].shape or not np.allclose(mapped, x[rows], rtol=1e-4, atol=1e-4):
+        worst = float(np.max(np.abs(mapped - x[rows]))) if mapped.shape == x[rows].shape else None
         raise NnopsError(
             f"{source}: the preprocessing it describes does not reproduce x from x_raw "
             f"(largest difference {worst:.3g}); the saved model would not take raw input"
+            if worst is not None
+            else f"{source}: x_raw and x differ in shape ({mapped.shape} vs {x[rows].shape})"
         )
 
 

@@ -15,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 
 from nnops.distribute import Runtime  # noqa: E402
 from nnops.model import build_model, compile_model, make_optimizer, preprocessing_layer  # noqa: E402
-from nnops.train import TrainData, best_epoch, epoch_batches, fit  # noqa: E402
+from nnops.train import TrainData, best_epoch, check_preprocessing, epoch_batches, fit  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -235,3 +235,12 @@ def test_best_epoch_ranks_losses_down_and_accuracies_up():
     assert best_epoch(history, "val_loss") == 2  # ties go to the earlier epoch
     assert best_epoch(history, "val_accuracy") == 2
     assert best_epoch(history, "loss") is None
+
+
+def test_preprocessing_spec_must_reproduce_the_processed_features():
+    x_raw = np.random.default_rng(0).uniform(0, 16, size=(20, 4)).astype("float32")
+    check_preprocessing(RESCALE, x_raw, x_raw / 16, "p.json")  # consistent: passes
+    with pytest.raises(NnopsError, match="p.json: the preprocessing it describes does not"):
+        check_preprocessing(RESCALE, x_raw, x_raw / 255, "p.json")
+    with pytest.raises(NnopsError, match="differ in shape"):
+        check_preprocessing(RESCALE, x_raw, x_raw[:, :3], "p.json")
