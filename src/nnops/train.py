@@ -1,10 +1,12 @@
 """Training: the input pipeline, resumable callbacks and the fit loops.
 
-Single-device training uses ``keras.Model.fit`` with ``steps_per_execution`` and a tf.data
-pipeline. The distributed modes (``mirrored``, ``multi_worker``) use TensorFlow's custom
-training loop with ``strategy.run``, because Keras 3's ``fit`` fails under
-``MultiWorkerMirroredStrategy`` (keras-team/keras#20585) and with ``steps_per_execution > 1``
-on more than one replica. Both loops drive the same Keras callbacks.
+Single-device training (``train.input_pipeline``): ``in_graph`` (default) runs a compiled loop
+that slices each batch from tensors held in memory, ``steps_per_execution`` steps per call;
+``tf_data`` and ``numpy`` use ``keras.Model.fit`` with ``steps_per_execution``. The distributed
+modes (``mirrored``, ``multi_worker``) use TensorFlow's custom training loop with
+``strategy.run``, because Keras 3's ``fit`` fails under ``MultiWorkerMirroredStrategy``
+(keras-team/keras#20585) and with ``steps_per_execution > 1`` on more than one replica. All
+loops drive the same Keras callbacks once per epoch.
 
 The batch order of epoch ``e`` is a pure function of ``(train.seed, e)``, and the backup holds
 the weights, the optimizer state and the epoch history, so a killed run resumed from its last
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,6 @@ class TrainResult:
     stopped_early: bool
     steps_per_execution: int
     best_epoch: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def epoch_batches(

@@ -39,9 +39,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_repro_trains_and_the_run_shows_params_epochs_model_and_tags(
-    reproduced_project: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_repro_trains_and_the_run_shows_params_epochs_model_and_tags(reproduced_project: Path):
     import keras
     import mlflow
     from mlflow import MlflowClient
@@ -99,9 +97,12 @@ def test_repro_trains_and_the_run_shows_params_epochs_model_and_tags(
     files = {a.path for folder in ("validation", "train") for a in client.list_artifacts(
         info["run_id"], folder)}  # fmt: skip
     assert {"validation/validation.json", "train/history.csv", "train/summary.json"} <= files
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", info["tracking_uri"])  # models:/ resolve through it
-    logged = mlflow.keras.load_model(info["model_uri"])
-    model_info = mlflow.models.get_model_info(info["model_uri"])
+    mlflow.set_tracking_uri(info["tracking_uri"])  # models:/ URIs resolve through it
+    try:
+        logged = mlflow.keras.load_model(info["model_uri"])
+        model_info = mlflow.models.get_model_info(info["model_uri"])
+    finally:
+        mlflow.set_tracking_uri(None)
     assert model_info.signature is not None and model_info.saved_input_example_info
     local = keras.models.load_model(root / "models/model.keras", safe_mode=True)
     with np.load(root / "data/processed/test.npz", allow_pickle=False) as npz:

@@ -30,7 +30,21 @@ def _wait_for_queue(root: Path, timeout_s: float = 1200) -> str:
         time.sleep(3)
 
 
-def test_queued_experiments_in_parallel_land_in_the_main_store(tmp_path: Path, monkeypatch):
+def _check_experiment_run(client, found, name: str) -> None:
+    import mlflow
+
+    assert found.info.status == "FINISHED"
+    assert found.data.tags["dvc.exp_name"] == name
+    epochs = int(found.data.params["train.epochs"])
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "val_loss")]
+    assert sorted(steps) == list(range(1, epochs + 1))
+    # The model's files outlive the experiment's deleted temporary workspace.
+    model_id = found.outputs.model_outputs[0].model_id
+    model = mlflow.keras.load_model(f"models:/{model_id}")
+    assert model.output_shape == (None, 10)
+
+
+def test_queued_experiments_in_parallel_land_in_the_main_store(tmp_path: Path):
     import mlflow
     from mlflow import MlflowClient
 
@@ -53,18 +67,12 @@ def test_queued_experiments_in_parallel_land_in_the_main_store(tmp_path: Path, m
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert set(experiments) <= set(runs), sorted(runs)
     assert len(runs) == 3  # the baseline and the two experiments, nothing doubled
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in experiments:
-        found = runs[name]
-        assert found.info.status == "FINISHED"
-        assert found.data.tags["dvc.exp_name"] == name
-        epochs = int(found.data.params["train.epochs"])
-        steps = [m.step for m in client.get_metric_history(found.info.run_id, "val_loss")]
-        assert sorted(steps) == list(range(1, epochs + 1))
-        # The model's files outlive the experiment's deleted temporary workspace.
-        model_id = found.outputs.model_outputs[0].model_id
-        model = mlflow.keras.load_model(f"models:/{model_id}")
-        assert model.output_shape == (None, 10)
+    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve through it
+    try:
+        for name in experiments:
+            _check_experiment_run(client, runs[name], name)
+    finally:
+        mlflow.set_tracking_uri(None)
     assert runs["more-epochs"].data.params["train.epochs"] == "3"
     assert runs["faster"].data.params["train.learning_rate"] == "0.01"
     assert not list((root / ".dvc").rglob("mlflow.db"))  # no stray stores in the copies

@@ -23,6 +23,26 @@ from nnops.tracking import (
 
 pytestmark = pytest.mark.unit
 
+HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_globals():
+    """``connect`` points the process at a store and bounds HTTP retries: undo both after."""
+    import os
+
+    import mlflow
+
+    before = {k: os.environ.get(k) for k in HTTP_ENV}
+    yield
+    mlflow.set_tracking_uri(None)
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
 
 def _closed_port() -> int:
     with socket.socket() as s:
@@ -65,8 +85,8 @@ def test_hung_server_fails_within_30_seconds_naming_the_uri(monkeypatch):
         server.listen(8)
         uri = f"http://127.0.0.1:{server.getsockname()[1]}"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        for key in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR"):
-            monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{key}", raising=False)
+        for key in HTTP_ENV:
+            monkeypatch.delenv(key, raising=False)
         start = time.monotonic()
         with pytest.raises(NnopsError, match=f"{uri.replace('.', '[.]')} did not answer"):
             connect(MlflowParams(connect_timeout_s=2))
