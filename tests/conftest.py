@@ -1,4 +1,4 @@
-"""Shared fixtures: a quiet environment, and real temporary copies of the repository for DVC runs."""
+"""Shared fixtures: a quiet environment and real temporary copies of the repository."""
 
 from __future__ import annotations
 
@@ -58,7 +58,10 @@ def dvc(*args: str, cwd: Path, env=None, check=True, timeout=900) -> subprocess.
 def _tracked_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return [p for p in out.split("\0") if p and (REPO / p).is_file()]
 
