@@ -164,10 +164,23 @@ def resume_run(info: RunInfo, timeout_s: float = 10.0) -> Iterator[Any]:
         timeout_s: how long to wait for a tracking server.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or info.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise NnopsError(
+            f"models/run.json names MLflow run {info.run_id} in the store {uri}, which does not "
+            "exist here (a run.json from another checkout?); retrain with `dvc repro -f train`"
+        )
     ensure_reachable(uri, timeout_s)
     mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.MlflowClient(uri).get_run(info.run_id)
+    except MlflowException:
+        raise NnopsError(
+            f"MLflow run {info.run_id} from models/run.json is not in the store {uri}; "
+            "retrain with `dvc repro -f train`"
+        ) from None
     with mlflow.start_run(run_id=info.run_id) as run:
         yield run
 
@@ -236,7 +249,9 @@ def experiment_id(uri: str, name: str) -> str:
         if uri.startswith("sqlite:///"):
             db = Path(uri.removeprefix("sqlite:///"))
             location = (db.parent / "mlartifacts").resolve().as_uri()
-        return str(client.create_experiment(name, artifact_location=location))
+        # MLflow 3 opens experiments on its GenAI views unless told this one trains models.
+        kind = {"mlflow.experimentKind": "custom_model_development"}
+        return str(client.create_experiment(name, artifact_location=location, tags=kind))
 
 
 def start_training_run(

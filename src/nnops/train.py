@@ -873,6 +873,8 @@ def run_tags(git: Mapping[str, str], meta: Mapping[str, Any], runtime: Runtime) 
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     return tags
 
 

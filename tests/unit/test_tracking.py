@@ -164,3 +164,24 @@ def test_git_state_reports_commit_and_dirty_flag(tmp_path):
     (tmp_path / "a.txt").write_text("2")
     assert git_state(tmp_path)["dirty"] == "true"
     assert git_state(Path("/"))["commit"] == "unknown"
+
+
+def test_resume_run_names_a_missing_store_or_run(tmp_path):
+    from mlflow import MlflowClient
+
+    from nnops.tracking import RunInfo, resume_run
+
+    elsewhere = RunInfo("0" * 32, "1", f"sqlite:///{tmp_path}/other-checkout/mlflow.db")
+    with pytest.raises(NnopsError, match="does not exist here"), resume_run(elsewhere):
+        pass
+    assert not (tmp_path / "other-checkout").exists()  # no empty store left behind
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = experiment_id(uri, "nnops")
+    with (
+        pytest.raises(NnopsError, match="is not in the store"),
+        resume_run(RunInfo("0" * 32, exp, uri)),
+    ):
+        pass
+    kind = MlflowClient(uri).get_experiment(exp).tags.get("mlflow.experimentKind")
+    assert kind == "custom_model_development"
