@@ -31,6 +31,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
     if not Path(args.model).is_file():
         raise NnopsError(f"{args.model}: model file not found (did the train stage run?)")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    from nnops.distribute import import_tensorflow
+
+    import_tensorflow()  # without its C++ start-up noise
     import keras
 
     model = keras.saving.load_model(args.model, safe_mode=True)

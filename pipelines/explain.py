@@ -30,6 +30,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
     # Fail on a bad slice column before TensorFlow is even imported.
     slices.select_slices(slices.slice_arrays(test), params.evaluate.slice_by, str(data))
 
+    from nnops.distribute import import_tensorflow
+
+    import_tensorflow()  # without its C++ start-up noise
     import keras
 
     from nnops.explain import explain_test_set

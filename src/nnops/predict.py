@@ -141,6 +141,9 @@ def load_model(ref: str, tracking_uri: str | None = None) -> LoadedModel:
         tracking_uri: the MLflow store that holds registered models and runs.
     """
     if ref.endswith(".keras") and "://" not in ref and ":/" not in ref:
+        from nnops.distribute import import_tensorflow
+
+        import_tensorflow()  # without its C++ start-up noise
         import keras
 
         if not Path(ref).is_file():
@@ -152,6 +155,9 @@ def load_model(ref: str, tracking_uri: str | None = None) -> LoadedModel:
             int(model.input_shape[-1]),
             None,
         )
+    from nnops.distribute import import_tensorflow
+
+    import_tensorflow()  # without its C++ start-up noise
     import keras
     import mlflow
 

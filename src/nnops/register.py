@@ -243,6 +243,9 @@ def score_model(model_uri: str, x: np.ndarray, y: np.ndarray) -> float:
         x: raw test features.
         y: test class indices.
     """
+    from nnops.distribute import import_tensorflow
+
+    import_tensorflow()  # without its C++ start-up noise
     import keras
     import mlflow
 
