@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -53,6 +59,65 @@ def run(
 def dvc(*args: str, cwd: Path, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
     """Run the real ``dvc`` CLI of this environment."""
     return run([str(BIN / "dvc"), *args], cwd=cwd, env=env, check=check, timeout=timeout)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(
+    cmd: list[str],
+    url: str,
+    cwd: Path,
+    log: Path,
+    timeout_s: float = 120,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Run a server in its own process group until ``url`` answers 200; stop it afterwards.
+
+    Args:
+        cmd: the command line.
+        url: a page that answers 200 once the server is up.
+        cwd: the working directory.
+        log: where the server's output goes (shown when it fails to start).
+        timeout_s: how long to wait for it.
+        env: the server's environment (``project_env()`` when omitted).
+    """
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env or project_env(), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-4000:]}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def _tracked_files() -> list[str]:

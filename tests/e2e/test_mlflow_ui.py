@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_tracking_server import free_port, serving
 
-from conftest import dvc, make_project
+from conftest import dvc, free_port, make_project, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, dvc, make_project, project_env, run
+from conftest import BIN, dvc, free_port, make_project, project_env, run, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,57 +45,16 @@ def expected(champion_project: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, model.predict(x, verbose=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def served(root: Path, model_uri: str):
     """Run `mlflow models serve` for ``model_uri`` on a free port; yield its base URL."""
     port = free_port()
     env = project_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
-    cmd = [
-        str(BIN / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
-    log_path = root / f"serve-{port}.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"model server did not come up:\n{log_path.read_text()}")
-            time.sleep(0.5)
+    with serving(cmd, f"{url}/ping", root, root / f"serve-{port}.log", 240, env):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:

@@ -3,73 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import dvc, project_env
+from conftest import dvc, free_port, project_env, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def serving(
-    cmd: list[str], url: str, cwd: Path, log: Path, timeout_s: float = 120
-) -> Iterator[str]:
-    """Run a server in its own process group until ``url`` answers 200; stop it afterwards.
-
-    Args:
-        cmd: the command line.
-        url: a page that answers 200 once the server is up.
-        cwd: the working directory.
-        log: where the server's output goes (shown when it fails to start).
-        timeout_s: how long to wait for it.
-    """
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=cwd, env=project_env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{cmd} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                tail = log.read_text()[-4000:]
-                pytest.fail(f"{url} did not answer within {timeout_s} s:\n{tail}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, dvc, make_project, project_env, run, set_params
+from conftest import REPO, dvc, free_port, make_project, project_env, run, set_params
 
 pytestmark = pytest.mark.pipeline
 
@@ -287,12 +286,6 @@ def test_register_with_the_tracking_server_gone_fails_clearly_and_keeps_the_reco
 
 
 # --- A real tracking server killed in the middle of a promotion ---------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(root: Path, port: int) -> subprocess.Popen:
