@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from nnops.stage import QUIET_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OUTPUTS = ("data/", "models/", "reports/", "mlruns/", "mlartifacts/", "mlserver/")
@@ -48,13 +50,9 @@ print(model.evaluate(test["x"], test["y"], verbose=0)[1])
 def env() -> dict[str, str]:
     """The environment stages get: this venv first, no telemetry, no inherited store."""
     out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    out.update(QUIET_ENV)
     out.update(
         PATH=f"{BIN}{os.pathsep}{out.get('PATH', '')}",
-        DVC_NO_ANALYTICS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DO_NOT_TRACK="1",
-        GX_ANALYTICS_ENABLED="False",
-        TF_CPP_MIN_LOG_LEVEL="3",
         GIT_AUTHOR_NAME="nnops bench",
         GIT_AUTHOR_EMAIL="bench@nnops.local",
         GIT_COMMITTER_NAME="nnops bench",

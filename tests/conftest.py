@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nnops.stage import QUIET_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -24,13 +26,9 @@ BIN = Path(sys.executable).parent
 def project_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: the venv first on PATH, no telemetry, no inherited store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(QUIET_ENV)
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        DVC_NO_ANALYTICS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DO_NOT_TRACK="1",
-        GX_ANALYTICS_ENABLED="False",
-        TF_CPP_MIN_LOG_LEVEL="3",
         PYTHONHASHSEED="0",
         GIT_AUTHOR_NAME="nnops tests",
         GIT_AUTHOR_EMAIL="tests@nnops.local",
@@ -192,12 +190,6 @@ def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-        "GX_ANALYTICS_ENABLED": "False",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-    }.items():
+    for key, value in QUIET_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
