@@ -266,9 +266,13 @@ def predict_file(
     return table
 
 
-def parser() -> argparse.ArgumentParser:
-    """Return the command-line parser shared by ``nnops-predict`` and ``pipelines/predict.py``."""
-    p = argparse.ArgumentParser(prog="nnops-predict", description=__doc__.splitlines()[0])
+def parser(prog: str = "nnops predict") -> argparse.ArgumentParser:
+    """Return the command-line parser shared by ``nnops predict`` and ``pipelines/predict.py``.
+
+    Args:
+        prog: the program name shown in usage and error lines.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument(
         "--model",
         default="models:/nnops-mlp@champion",
@@ -296,18 +300,19 @@ def default_tracking_uri() -> str:
     return resolve_tracking_uri(params)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``nnops-predict``; return the exit status (2 with a clear message on bad input).
+def main(argv: list[str] | None = None, prog: str = "nnops-predict") -> int:
+    """Run ``nnops predict`` (or ``nnops-predict``); return the exit status (2 on bad input).
 
     Args:
         argv: arguments, for tests; defaults to ``sys.argv[1:]``.
+        prog: the program name used in messages.
     """
     from nnops.config import ConfigError
     from nnops.stage import configure_logging, quiet_environment
 
     quiet_environment()
     configure_logging()
-    args = parser().parse_args(argv)
+    args = parser(prog).parse_args(argv)
     try:
         uri = args.tracking_uri or (
             None if args.model.endswith(".keras") else default_tracking_uri()
@@ -316,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             args.model, args.input, args.out, uri, args.meta, args.key, header=not args.no_header
         )
     except (NnopsError, ConfigError) as exc:
-        print(f"nnops-predict: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     counts = table["predicted"].value_counts().to_dict()
-    print(f"nnops-predict: {len(table)} rows -> {args.out} ({counts})")
+    print(f"{prog}: {len(table)} rows -> {args.out} ({counts})")
     return 0
 
 
