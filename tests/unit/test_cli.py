@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from nnops import cli
 from conftest import BIN, project_env
+from nnops import cli
 
 pytestmark = pytest.mark.unit
 
