@@ -705,7 +705,10 @@ def range_detail(
             f"split {split}: {int(outside.sum())} value(s) in {bad.min():g}..{bad.max():g} "
             f"in {', '.join(names[:3])}{more}"
         )
-    bound = f"{low if low is not None else '-inf':g}..{high if high is not None else 'inf':g}"
+    if low is not None and high is not None:
+        bound = f"{low:g}..{high:g}"
+    else:
+        bound = f">= {low:g}" if low is not None else f"<= {high:g}"
     return "; ".join(parts) + f" (allowed {bound})" if parts else ""
 
 

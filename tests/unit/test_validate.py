@@ -14,12 +14,18 @@ import pytest
 from scipy.stats import ks_2samp
 
 from nnops import validate
-from nnops.config import SplitParams, ValidateParams
+from nnops.config import ValidateParams, load_params
 from nnops.ingest import RawData, from_arrays, read_raw, write_raw
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
+DEFAULTS = load_params(REPO / "params.yaml")
+
+
+def vparams(**overrides: object) -> ValidateParams:
+    """The repository's ``validate`` params with some values changed."""
+    return ValidateParams(**{**DEFAULTS.validate_.model_dump(), **overrides})
 
 
 def clean_raw() -> RawData:
@@ -35,8 +41,8 @@ def check(tmp_path: Path, raw: RawData, **overrides: object) -> dict:
     """Write ``raw`` as a raw data file, read it back and validate it like the stage does."""
     write_raw(raw, tmp_path / "raw")
     back = read_raw(tmp_path / "raw")
-    prof = validate.profile(back.frame, back.meta, SplitParams())
-    checks = validate.build_checks(prof, ValidateParams(**overrides), back.meta)
+    prof = validate.profile(back.frame, back.meta, DEFAULTS.split, vparams(**overrides))
+    checks = validate.build_checks(prof, vparams(**overrides), back.meta)
     return validate.summarise(prof, checks, validate.run_suites(prof, checks), back.meta)
 
 
@@ -50,14 +56,15 @@ def test_clean_data_passes_every_expectation(tmp_path: Path):
     names = {e["name"] for e in report["expectations"]}
     assert {"schema_columns", "schema_feature_dtypes", "no_missing_features",
             "no_infinite_features", "value_min", "value_max", "label_set", "min_rows",
-            "class_balance", "duplicate_rows", "drift_ks"} <= names  # fmt: skip
+            "class_balance", "duplicate_rows", "drift"} <= names  # fmt: skip
     parts = report["partitions"]
     assert (parts["basis"], parts["train"], parts["test"]) == (
         "the source's own test split", 2550, 1000,
     )  # fmt: skip
-    assert parts["ks_noise_1pct"] == pytest.approx(1.628 * (3550 / (2550 * 1000)) ** 0.5, 1e-3)
-    drift = next(e for e in report["expectations"] if e["name"] == "drift_ks")
-    assert drift["column"].startswith("px_") and 0 < drift["observed"] < 0.1
+    drift = next(e for e in report["expectations"] if e["name"] == "drift")
+    assert drift["observed"] == {"method": "wasserstein", "drifted": 0, "tested": 9, "share": 0}
+    assert drift["column"].startswith("px_")  # the closest call
+    assert report["drift"]["n_reference"] == 2550 and len(report["drift"]["features"]) == 9
 
 
 def frame_edit(edit: Callable[[pd.DataFrame], pd.DataFrame]) -> RawData:
@@ -112,7 +119,7 @@ BAD_FILES = {
     "bad origin": (set_cell("origin", "holdout"), "schema_origin", "origin", None),
     "duplicates": (duplicate_rows, "duplicate_rows", "row_hash", 0.1),
     "rare class": (rare_class, "class_balance", "label", None),
-    "drift": (shifted_test, "drift_ks", "px_7", None),
+    "drift": (shifted_test, "drift", "px_7", None),
 }
 
 
@@ -159,8 +166,8 @@ def test_params_bounds_override_the_source_range(tmp_path: Path):
 
 
 def test_csv_without_bounds_has_no_range_checks():
-    assert validate.value_bounds(ValidateParams(), {"value_range": None}) == (None, None)
-    assert validate.value_bounds(ValidateParams(value_min=-1), {"value_range": [0, 255]}) == (
+    assert validate.value_bounds(vparams(), {"value_range": None}) == (None, None)
+    assert validate.value_bounds(vparams(value_min=-1), {"value_range": [0, 255]}) == (
         -1, 255,
     )  # fmt: skip
 
@@ -180,13 +187,14 @@ def test_ks_matches_scipy_for_pixels_and_floats():
 def test_html_report_shows_each_expectation(tmp_path: Path):
     report = check(tmp_path, frame_edit(set_cell("px_1", 17)))
     page = validate.render_html(report)
-    assert page.count("<tr class=") == report["n_expectations"]
+    drift_rows = min(len(report["drift"]["features"]), validate.DRIFT_ROWS_SHOWN)
+    assert page.count("<tr class=") == report["n_expectations"] + drift_rows
     assert "FAILED" in page and "px_1" in page
 
 
 def run_stage(tmp_path: Path, raw: RawData) -> subprocess.CompletedProcess:
     write_raw(raw, tmp_path / "raw")
-    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "raw", "--out", "out"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
 
@@ -211,7 +219,7 @@ def test_stage_passes_clean_data_and_writes_no_gx_project(tmp_path: Path):
 
 
 def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path):
-    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "nowhere", "--out", "out"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
