@@ -227,3 +227,71 @@ def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path):
         "validate: error: nowhere/meta.json: file not found (did the previous stage run?)"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def real_table(name: str) -> RawData:
+    """A bundled scikit-learn dataset as the csv source reads it (string class labels)."""
+    from sklearn import datasets
+
+    from nnops.ingest import from_table
+
+    bunch = getattr(datasets, f"load_{name}")(as_frame=True)
+    table = bunch.frame.copy()
+    table["target"] = np.asarray(bunch.target_names)[bunch.target.to_numpy()]
+    return from_table(table, "target", (), where=name)
+
+
+@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "digits"])
+def test_default_params_pass_clean_real_data(tmp_path: Path, name: str):
+    from nnops.ingest import load_digits
+
+    raw = load_digits() if name == "digits" else real_table(name)
+    report = check(tmp_path, raw)
+    assert report["success"], validate.failure_lines(report)
+    expected_method = "wasserstein" if name == "digits" else "ks"
+    assert report["drift"]["method"] == expected_method
+    if name == "digits":  # border pixels constant at 0 are not tested, so cannot alarm
+        untested = [f for f in report["drift"]["features"] if f["drift_method"] == "none"]
+        assert {f["feature"] for f in untested} >= {"px_0", "px_32", "px_39"}
+        assert all(f["drift"] is None for f in untested)
+
+
+def test_float_images_far_outside_the_pixel_range_are_rejected(tmp_path: Path):
+    """An npz of float images (no value range of its own) is still held to 0..255."""
+    from nnops.ingest import read_npz
+
+    rng = np.random.default_rng(1)
+    x_train = rng.uniform(0, 255, (400, 4, 4))
+    x_train[:5, 0, 1] = 3e6
+    x_test = rng.uniform(0, 255, (200, 4, 4))
+    y_train, y_test = np.arange(400) % 2, np.arange(200) % 2
+    np.savez(tmp_path / "f.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    report = check(tmp_path, read_npz(tmp_path / "f.npz"))
+    bad = failed(report)
+    assert set(bad) == {"value_max"}
+    assert bad["value_max"]["column"] == "px_1" and bad["value_max"]["bound"] == "<= 255"
+    assert bad["value_max"]["detail"] == (
+        "split train: 5 value(s) in 3e+06..3e+06 in px_1 (allowed <= 255)"
+    )
+    line = validate.failure_lines(report)[0]
+    assert "split train" in line and "3e+06" in line
+
+
+def test_params_bound_a_csv_source(tmp_path: Path):
+    raw = real_table("iris")
+    assert "value_max" not in {e["name"] for e in check(tmp_path, raw)["expectations"]}
+    bad = failed(check(tmp_path, raw, value_max=7.5))["value_max"]
+    assert bad["column"] == "sepal length (cm)" and "split train" in bad["detail"]
+
+
+def test_stage_writes_a_training_profile(tmp_path: Path):
+    proc = run_stage(tmp_path, clean_raw())
+    assert proc.returncode == 0, proc.stderr
+    profile = json.loads((tmp_path / "out/profile.json").read_text())
+    assert profile["format"] == validate.PROFILE_FORMAT
+    assert profile["feature_names"] == [f"px_{i}" for i in range(9)]
+    assert profile["class_names"] == ["0", "1", "2"] and profile["value_bounds"] == [0, 16]
+    assert profile["n_reference"] == 2550 and profile["validate"]["drift_alpha"] == 0.01
+    px = profile["features"]["px_0"]
+    assert px["n"] == 2550 and len(px["sketch"]) == validate.SKETCH_POINTS
+    assert 0 <= min(px["sketch"]) and max(px["sketch"]) <= 16 and px["std"] > 0
