@@ -236,8 +236,10 @@ def check_reference(
     key: str = "x_raw",
     header: bool = True,
     refuse_drift: bool = False,
-) -> None:
+) -> list[str]:
     """Refuse a batch whose columns or shape differ from the training profile; warn on drift.
+
+    Returns the training feature names (the columns to score, in order).
 
     Drift refuses the batch too when ``refuse_drift`` is set or the profile's
     ``validate.drift_refuse_predict`` param is true.
@@ -267,6 +269,7 @@ def check_reference(
         if e["name"] == "drift" and refuse:
             raise NnopsError(f"{message} (refused: drift, see nnops validate-batch)")
         log.warning("%s (bound %s)", message, e["bound"])
+    return list(profile["feature_names"])
 
 
 def predict_file(
@@ -295,11 +298,10 @@ def predict_file(
     """
     from nnops.io import atomic_path, read_json
 
-    if reference:
-        check_reference(input_path, reference, key, header, refuse_drift)
+    names = check_reference(input_path, reference, key, header, refuse_drift) if reference else None
     meta = read_json(meta_path) if meta_path else {}
     model = load_model(model_ref, tracking_uri)
-    x = read_rows(input_path, model.n_features, meta.get("feature_names"), key, header)
+    x = read_rows(input_path, model.n_features, meta.get("feature_names") or names, key, header)
     try:
         proba = model.predict(x)
     except Exception as exc:
