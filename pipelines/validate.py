@@ -26,10 +26,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
     report = validate.summarise(prof, checks, validate.run_suites(prof, checks), raw.meta)
     out = Path(args.out)
     write_json(out / "validation.json", report)
-    label = params.data.label_column
-    write_json(
-        out / "profile.json", validate.reference_profile(prof, params.validate_, raw.meta, label)
-    )
+    ref = validate.reference_profile(prof, params.validate_, raw.meta, params.data.label_column)
+    write_text(out / "profile.json", validate.profile_json(ref))
     write_text(out / "validation.html", validate.render_html(report))
     for line in validate.failure_lines(report):
         print(f"validate: {line}", file=sys.stderr)

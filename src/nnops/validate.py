@@ -847,15 +847,19 @@ def reference_profile(
     low, high = value_bounds(params, meta)
     table = prof.features.set_index("feature")
     features = {
-        name: {
-            "dtype": table.at[name, "dtype"],
-            "min": table.at[name, "min"],
-            "max": table.at[name, "max"],
-            **ref,
-        }
+        name: _plain(
+            {
+                "dtype": table.at[name, "dtype"],
+                "min": table.at[name, "min"],
+                "max": table.at[name, "max"],
+                **{k: v for k, v in ref.items() if k != "sketch"},
+            }
+        )
         for name, ref in prof.reference.items()
     }
-    return _plain(
+    for name, ref in prof.reference.items():  # plain lists of numbers already: no walk over them
+        features[name]["sketch"] = ref["sketch"]
+    head = _plain(
         {
             "format": PROFILE_FORMAT,
             "source": meta.get("source"),
@@ -869,9 +873,16 @@ def reference_profile(
             "n_reference": prof.partitions.get("train", 0),
             "basis": prof.partitions.get("basis"),
             "validate": params.model_dump(mode="json"),
-            "features": features,
         }
     )
+    return {**head, "features": features}
+
+
+def profile_json(profile: dict[str, Any]) -> str:
+    """The training profile as compact JSON (the sketches hold up to a million numbers)."""
+    import json
+
+    return json.dumps(profile, separators=(",", ":"), allow_nan=False) + "\n"
 
 
 def render_html(report: dict[str, Any], title: str = "Data validation") -> str:

@@ -294,4 +294,4 @@ def test_stage_writes_a_training_profile(tmp_path: Path):
     assert profile["n_reference"] == 2550 and profile["validate"]["drift_alpha"] == 0.01
     px = profile["features"]["px_0"]
     assert px["n"] == 2550 and len(px["sketch"]) == validate.SKETCH_POINTS
-    assert 0 <= min(px["sketch"]) and max(px["sketch"]) <= 16 and px["std"] > 0
+    assert min(px["sketch"]) >= 0 and max(px["sketch"]) <= 16 and px["std"] > 0
