@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import ks_2samp
+from scipy.stats import ks_2samp, wasserstein_distance
 
 from nnops import validate
 from nnops.config import ValidateParams, load_params
@@ -179,9 +179,42 @@ def test_ks_matches_scipy_for_pixels_and_floats():
     floats[1, 600:] += 0.7
     first, second = np.arange(500), np.arange(500, 700)
     for values in (ints, floats):
-        ours = validate.ks_statistics(values, first, second)
-        expected = [ks_2samp(v[first], v[second]).statistic for v in values]
-        np.testing.assert_allclose(ours, expected, rtol=1e-12)
+        ours = validate.compare(values, first, second)
+        tests = [ks_2samp(v[first], v[second], method="asymp") for v in values]
+        np.testing.assert_allclose(ours.ks, [t.statistic for t in tests], rtol=1e-12)
+        p = validate.ks_p_values(ours.ks, ours.n_first, ours.n_second)
+        np.testing.assert_allclose(p, [t.pvalue for t in tests], rtol=1e-6)
+        distance = [wasserstein_distance(v[first], v[second]) for v in values]
+        np.testing.assert_allclose(ours.wasserstein, distance, rtol=1e-9)
+        np.testing.assert_allclose(ours.std_first, values[:, first].std(axis=1), rtol=1e-9)
+    assert validate.compare(floats, first, second).ks[1] > 0.1  # half of the second sample shifted
+
+
+def test_drift_decision_per_method_and_constant_features():
+    """Below drift_switch_rows the adjusted p-value decides; above it the distance must also
+    exceed drift_distance; a feature constant in both samples is not tested."""
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(4, 3000))
+    values[1, 2000:] += 0.05  # significant at this size, yet too small to matter
+    values[2, 2000:] += 0.5
+    values[3] = 7.0
+    first, second = np.arange(2000), np.arange(2000, 3000)
+    cmp = validate.compare(values, first, second)
+    names = ["same", "tiny", "half", "flat"]
+    big = validate.drift_table(names, cmp, 2000, vparams()).set_index("feature")
+    assert big["drift"].to_dict() == pytest.approx(
+        {"same": 0.0, "tiny": 0.0, "half": 1.0, "flat": float("nan")}, nan_ok=True
+    )
+    assert big.at["half", "drift_method"] == "wasserstein"
+    assert big.at["half", "wasserstein_std"] == pytest.approx(0.5, abs=0.05)
+    assert big.at["half", "drift_reason"].startswith("Wasserstein 0.4")
+    assert "std > 0.1 (KS" in big.at["half", "drift_reason"]
+    assert big.at["flat", "drift_reason"] == "constant in both samples: not tested"
+    small = validate.drift_table(names, cmp, 2000, vparams(drift_switch_rows=5000))
+    assert small.set_index("feature").at["half", "drift_method"] == "ks"
+    summary = validate.drift_summary(big.reset_index(), vparams(), 2000, 1000)
+    assert (summary["n_tested"], summary["n_drifted"], summary["drifted"]) == (3, 1, True)
+    assert summary["features"][0]["feature"] == "half"  # drifted features first
 
 
 def test_html_report_shows_each_expectation(tmp_path: Path):
