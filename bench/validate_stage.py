@@ -124,6 +124,9 @@ def main() -> int:
     print(f"naive GX suite extrapolated to 784 columns:         {t_naive:6.2f} s")
     c_stage, c_import = CPU[str(root / "params.yaml")], CPU[gx_import]
     print(f"validate stage process, CPU (user + sys):           {c_stage:6.2f} s")
+    print(
+        f"validate-batch, CPU (user + sys):                   {CPU[str(root / 'batch.npz')]:6.2f} s"
+    )
     print(f"bare 'import great_expectations', CPU:              {c_import:6.2f} s")
     print(f"ratio stage / bare GX import (wall):                {t_stage / t_import:6.2f}x")
     print(f"ratio stage / bare GX import (CPU):                 {c_stage / c_import:6.2f}x")

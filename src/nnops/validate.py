@@ -187,11 +187,11 @@ def compare_samples(a: np.ndarray, b: np.ndarray) -> Comparison:
             std_b[j] = math.sqrt(max(counts_b @ grid**2 / nb - mb**2, 0.0))
             sketch[j] = np.searchsorted(cum_a, picks, side="right")
         return Comparison(ks, w, n_a, n_b, mean_a, std_a, std_b, sketch)
+    sorted_a = np.sort(np.asarray(a, dtype=np.float64), axis=1)  # one vectorised sort each
+    sorted_b = np.sort(np.asarray(b, dtype=np.float64), axis=1)
     for j in range(n_features):
-        x = np.asarray(a[j], dtype=np.float64)
-        y = np.asarray(b[j], dtype=np.float64)
-        x = np.sort(x[np.isfinite(x)])
-        y = np.sort(y[np.isfinite(y)])
+        x, y = sorted_a[j], sorted_b[j]
+        x, y = x[np.isfinite(x)], y[np.isfinite(y)]
         n_a[j], n_b[j] = len(x), len(y)
         if len(x):
             mean_a[j], std_a[j] = x.mean(), x.std()

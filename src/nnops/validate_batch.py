@@ -261,12 +261,22 @@ def batch_drift(numbers: np.ndarray, profile: dict[str, Any], params: Any) -> di
 
     names = list(profile["feature_names"])
     feats = profile["features"]
-    width = max((len(feats[n]["sketch"]) for n in names), default=0)
-    sketch = np.full((len(names), width), np.nan)
-    for j, n in enumerate(names):
-        s = feats[n]["sketch"]
-        sketch[j, : len(s)] = s
-    batch = np.asarray(numbers, dtype=np.float64).T
+    sketches = [feats[n]["sketch"] for n in names]
+    widths = {len(s) for s in sketches}
+    numbers = np.asarray(numbers)
+    if (
+        len(widths) == 1
+        and np.issubdtype(numbers.dtype, np.integer)
+        and all(isinstance(v, int) for s in sketches for v in s[:1] + s[-1:])
+    ):
+        # integer pixels: counted with bincount, as the stage does
+        sketch = np.array(sketches, dtype=np.int64)
+        batch = np.ascontiguousarray(numbers.T)
+    else:
+        sketch = np.full((len(names), max(widths, default=0)), np.nan)
+        for j, s in enumerate(sketches):
+            sketch[j, : len(s)] = s
+        batch = np.ascontiguousarray(numbers.T, dtype=np.float64)
     cmp = validate.compare_samples(sketch, batch)
     n_ref = int(profile["n_reference"])
     cmp = validate.Comparison(
