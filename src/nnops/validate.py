@@ -209,11 +209,6 @@ def compare_samples(a: np.ndarray, b: np.ndarray) -> Comparison:
     return Comparison(ks, w, n_a, n_b, mean_a, std_a, std_b, sketch)
 
 
-def ks_statistics(columns: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Two-sample Kolmogorov-Smirnov statistic per feature (see :func:`compare`)."""
-    return compare(columns, first, second).ks
-
-
 def ks_p_values(ks: np.ndarray, n_first: np.ndarray, n_second: np.ndarray) -> np.ndarray:
     """Asymptotic two-sided p-values of two-sample KS statistics (as scipy's ``ks_2samp``).
 
