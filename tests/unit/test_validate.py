@@ -139,6 +139,11 @@ def test_each_bad_file_fails_its_expectation_and_names_the_column(tmp_path: Path
         )
     line = next(x for x in validate.failure_lines(report) if x.startswith(f"FAILED {name}:"))
     assert column in line and str(bad[name]["bound"]) in line
+    # GX's verdict on the drift expectation and the drift summary agree
+    assert report["drift"]["drifted"] == (name == "drift")
+    if name == "drift":
+        assert bad[name]["failing_columns"][0]["reason"].startswith("Wasserstein")
+        assert "std > 0.1 (KS" in line
 
 
 def test_failing_checks_are_specific(tmp_path: Path):
