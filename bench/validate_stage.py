@@ -1,8 +1,9 @@
 """Time the validate stage on MNIST-shaped data (70,000 x 784 uint8 pixels, 10 classes).
 
 Runs, side by side in one go: the real stage process (``python pipelines/validate.py``), a bare
-``import great_expectations`` (the floor any GX stage pays), and the naive suite (one GX
-expectation pair per pixel column) on a few columns, extrapolated to all 784.
+``import great_expectations`` (the floor any GX stage pays), the naive suite (one GX
+expectation pair per pixel column) on a few columns, extrapolated to all 784, and
+``nnops validate-batch`` on a 10,000-row batch of that shape against the stage's profile.
 Prints the wall times and their ratios. Usage: ``python bench/validate_stage.py [--columns N]``.
 """
 
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from nnops.ingest import from_arrays, write_raw
 
@@ -81,7 +83,9 @@ def main() -> int:
         (x_train, y_train), (x_test, y_test) = mnist_like(rng, 60_000), mnist_like(rng, 10_000)
         raw = from_arrays("mnist", x_train, y_train, x_test, y_test, None, (0.0, 255.0))
         write_raw(raw, root / "raw")
-        (root / "params.yaml").write_text("data: {source: mnist}\n")
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["data"]["source"] = "mnist"
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
         stage = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", str(root / "raw"),
                  "--out", str(root / "out"), "--params", str(root / "params.yaml")]  # fmt: skip
         t_stage, proc = timed(stage, REPO)
@@ -97,6 +101,15 @@ def main() -> int:
             print(naive.stderr, file=sys.stderr)
             return 1
         t_naive_cols = float(naive.stdout.strip().splitlines()[-1])
+        batch_x, _ = mnist_like(rng, 10_000)
+        np.savez(root / "batch.npz", x_raw=batch_x)
+        nnops = str(Path(sys.executable).parent / "nnops")
+        batch_cmd = [nnops, "validate-batch", "--reference", str(root / "out/profile.json"),
+                     str(root / "batch.npz")]  # fmt: skip
+        t_batch, batch = timed(batch_cmd, REPO)
+        if batch.returncode != 0:
+            print(batch.stdout, batch.stderr, file=sys.stderr)
+            return 1
         t_naive = t_naive_cols * 784 / args.columns
     print(f"data: 70,000 x 784 uint8 pixels, 10 classes ({raw.frame.shape[1]} columns)")
     print(
@@ -104,12 +117,16 @@ def main() -> int:
         f"{os.getloadavg()[0]:.1f} after (wall times grow with load; CPU times do not)"
     )
     print(f"validate stage process (read, profile, GX, report): {t_stage:6.2f} s  (goal < 8 s)")
+    print(f"validate-batch, 10,000 x 784 batch vs profile:      {t_batch:6.2f} s  (goal < 5 s)")
     print(f"bare python start:                                  {t_python:6.2f} s")
     print(f"bare 'import great_expectations':                   {t_import:6.2f} s")
     print(f"naive GX suite, {args.columns} columns, validation only:      {t_naive_cols:6.2f} s")
     print(f"naive GX suite extrapolated to 784 columns:         {t_naive:6.2f} s")
     c_stage, c_import = CPU[str(root / "params.yaml")], CPU[gx_import]
     print(f"validate stage process, CPU (user + sys):           {c_stage:6.2f} s")
+    print(
+        f"validate-batch, CPU (user + sys):                   {CPU[str(root / 'batch.npz')]:6.2f} s"
+    )
     print(f"bare 'import great_expectations', CPU:              {c_import:6.2f} s")
     print(f"ratio stage / bare GX import (wall):                {t_stage / t_import:6.2f}x")
     print(f"ratio stage / bare GX import (CPU):                 {c_stage / c_import:6.2f}x")

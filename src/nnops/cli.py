@@ -13,6 +13,10 @@ import sys
 # name -> (module holding ``main(argv, prog)``, one-line help). Add new verbs here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("nnops.predict", "score a CSV or npz batch with a model (path or MLflow URI)"),
+    "validate-batch": (
+        "nnops.validate_batch",
+        "check a new CSV or npz batch against the training profile (schema, ranges, drift)",
+    ),
 }
 
 

@@ -72,9 +72,14 @@ class ValidateParams(_Section):
     value_min: float | None = None
     value_max: float | None = None
     min_class_fraction: UnitFraction = 0.02
-    max_class_fraction: UnitFraction = 0.5
+    max_class_fraction: UnitFraction = 0.9
     max_duplicate_fraction: UnitFraction = 0.05
-    drift_max_ks: UnitFraction = 0.15
+    # drift between the train and test partitions (and of new batches against the training profile)
+    drift_alpha: Fraction
+    drift_distance: Annotated[float, Field(gt=0.0)]
+    drift_share: Annotated[float, Field(ge=0.0, lt=1.0)]
+    drift_switch_rows: PositiveInt
+    drift_refuse_predict: bool
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> ValidateParams:
@@ -175,7 +180,7 @@ class Params(_Section):
 
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
-    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    validate_: ValidateParams = Field(alias="validate")
     preprocess: PreprocessParams = PreprocessParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()

@@ -230,6 +230,48 @@ def read_rows(
     return check_rows(frame, n_features, feature_names, str(path))
 
 
+def check_reference(
+    input_path: str | Path,
+    reference: str | Path,
+    key: str = "x_raw",
+    header: bool = True,
+    refuse_drift: bool = False,
+) -> list[str]:
+    """Refuse a batch whose columns or shape differ from the training profile; warn on drift.
+
+    Returns the training feature names (the columns to score, in order).
+
+    Drift refuses the batch too when ``refuse_drift`` is set or the profile's
+    ``validate.drift_refuse_predict`` param is true.
+
+    Args:
+        input_path: the batch file.
+        reference: the training profile (``reports/validation/profile.json``).
+        key: the array to read from an npz file.
+        header: whether the CSV's first line names the columns.
+        refuse_drift: refuse a drifted batch instead of warning.
+    """
+    from nnops import validate_batch as vb
+
+    profile = vb.load_profile(reference)
+    batch = vb.read_batch(input_path, profile, key, header)
+    problems = vb.schema_problems(batch, profile)
+    if problems:
+        raise NnopsError(
+            f"{input_path}: does not match the training data ({reference}): {'; '.join(problems)}"
+        )
+    report = vb.check_batch(batch, profile, str(reference))
+    refuse = refuse_drift or profile["validate"].get("drift_refuse_predict", False)
+    for e in report["expectations"]:
+        if e["success"]:
+            continue
+        message = f"{input_path}: {e['name']}: {e['column']}: observed {e['observed']}"
+        if e["name"] == "drift" and refuse:
+            raise NnopsError(f"{message} (refused: drift, see nnops validate-batch)")
+        log.warning("%s (bound %s)", message, e["bound"])
+    return list(profile["feature_names"])
+
+
 def predict_file(
     model_ref: str,
     input_path: str | Path,
@@ -238,6 +280,8 @@ def predict_file(
     meta_path: str | Path | None = None,
     key: str = "x_raw",
     header: bool = True,
+    reference: str | Path | None = None,
+    refuse_drift: bool = False,
 ) -> Any:
     """Score a file and write the predictions CSV; return the prediction table.
 
@@ -249,12 +293,15 @@ def predict_file(
         meta_path: a ``meta.json`` with ``class_names`` (and ``feature_names``).
         key: the array to read from an npz file.
         header: whether the CSV's first line names the columns.
+        reference: a training profile to check the batch against first (:func:`check_reference`).
+        refuse_drift: refuse a drifted batch instead of warning.
     """
     from nnops.io import atomic_path, read_json
 
+    names = check_reference(input_path, reference, key, header, refuse_drift) if reference else None
     meta = read_json(meta_path) if meta_path else {}
     model = load_model(model_ref, tracking_uri)
-    x = read_rows(input_path, model.n_features, meta.get("feature_names"), key, header)
+    x = read_rows(input_path, model.n_features, meta.get("feature_names") or names, key, header)
     try:
         proba = model.predict(x)
     except Exception as exc:
@@ -285,6 +332,12 @@ def parser(prog: str = "nnops predict") -> argparse.ArgumentParser:
     p.add_argument("--key", default="x_raw", help="array name inside an npz (default: x_raw)")
     p.add_argument("--no-header", action="store_true", help="the CSV has no header line")
     p.add_argument(
+        "--reference",
+        help="training profile to check the batch against before scoring "
+        "(default: reports/validation/profile.json when present; 'none' to skip)",
+    )
+    p.add_argument("--refuse-drift", action="store_true", help="refuse a drifted batch")
+    p.add_argument(
         "--tracking-uri",
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's embedded store)",
     )
@@ -298,6 +351,15 @@ def default_tracking_uri() -> str:
 
     params = load_params().mlflow if Path("params.yaml").is_file() else MlflowParams()
     return resolve_tracking_uri(params)
+
+
+def _reference(flag: str | None) -> str | None:
+    """The profile to check batches against: the flag, else the project's when present."""
+    from nnops.validate_batch import DEFAULT_REFERENCE
+
+    if flag:
+        return None if flag == "none" else flag
+    return DEFAULT_REFERENCE if Path(DEFAULT_REFERENCE).is_file() else None
 
 
 def main(argv: list[str] | None = None, prog: str = "nnops-predict") -> int:
@@ -318,8 +380,9 @@ def main(argv: list[str] | None = None, prog: str = "nnops-predict") -> int:
             None if args.model.endswith(".keras") else default_tracking_uri()
         )
         table = predict_file(
-            args.model, args.input, args.out, uri, args.meta, args.key, header=not args.no_header
-        )
+            args.model, args.input, args.out, uri, args.meta, args.key, header=not args.no_header,
+            reference=_reference(args.reference), refuse_drift=args.refuse_drift,
+        )  # fmt: skip
     except (NnopsError, ConfigError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -71,14 +71,30 @@ def params_diff(params: Params) -> list[dict[str, Any]]:
     Args:
         params: the params of this run.
     """
-    defaults = Params().flat()
+    defaults = _declared_defaults()
     current = params.flat()
     rows = []
     for key in sorted(set(defaults) | set(current)):
+        if key not in defaults and key in current:  # declared without a default: params.yaml's
+            continue
         before, after = defaults.get(key, "(not set)"), current.get(key, "(not set)")
         if before != after:
             rows.append({"key": key, "default": before, "value": after})
     return rows
+
+
+def _declared_defaults() -> dict[str, Any]:
+    """The defaults declared in code, by dotted name; keys declared without one are left out."""
+    from nnops.config import _flatten
+
+    sections = {}
+    for name, info in Params.model_fields.items():
+        section = info.annotation
+        keep = {k for k, f in section.model_fields.items() if not f.is_required()}
+        values = {k: section.model_fields[k].get_default(call_default_factory=True) for k in keep}
+        dumped = section.model_construct(**values).model_dump(mode="json", include=keep)
+        sections[info.alias or name] = dumped
+    return dict(_flatten(sections))
 
 
 def _pyplot() -> Any:

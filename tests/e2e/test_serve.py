@@ -136,4 +136,7 @@ def test_batch_prediction_by_alias_matches_the_evaluated_model(champion_project:
         cwd=root,
         check=False,
     )
-    assert proc.returncode == 2 and "bad.csv: 2 columns, but the model takes 64" in proc.stderr
+    # refused by the schema check against the training profile, before the model is loaded
+    assert proc.returncode == 2 and not (root / "bad_preds.csv").exists()
+    assert "bad.csv: does not match the training data" in proc.stderr
+    assert "missing column(s) px_2, px_3, px_4, px_5, px_6 and 57 more" in proc.stderr

@@ -86,7 +86,6 @@ def csv_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = {
         "data": {"source": "csv", "path": "table.csv", "label_column": "target",
                  "exclude_columns": ["region"]},
-        "validate": {"drift_max_ks": 0.25},  # small random test split: KS noise alone ~0.1
         "train": {"epochs": 15},
         "evaluate": {"slice_by": ["region"], "explain_repeats": 3},
         "register": {"min_test_accuracy": 0.3, "require_good_fit": False},

@@ -17,6 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def error_of(raw: object) -> str:
+    if isinstance(raw, dict) and isinstance(raw.get("validate"), dict):  # required keys filled in
+        base = yaml.safe_load((REPO / "params.yaml").read_text())["validate"]
+        raw = {**raw, "validate": {**base, **raw["validate"]}}
     with pytest.raises(ConfigError) as err:
         parse_params(raw)
     return str(err.value)
@@ -27,7 +30,7 @@ def test_repository_params_load_and_flatten_to_dotted_names():
     assert isinstance(params, Params)
     flat = params.flat()
     assert flat["data.source"] == params.data.source
-    assert flat["validate.drift_max_ks"] == params.validate_.drift_max_ks
+    assert flat["validate.drift_alpha"] == params.validate_.drift_alpha
     assert flat["train.hidden_layers.0.units"] == params.train.hidden_layers[0].units
     # every leaf of params.yaml is a typed param, and the file sets every one of them
     file_leaves = Params.model_validate(yaml.safe_load((REPO / "params.yaml").read_text()))
@@ -35,7 +38,7 @@ def test_repository_params_load_and_flatten_to_dotted_names():
 
 
 def test_params_are_frozen():
-    params = parse_params({})
+    params = load_params(REPO / "params.yaml")
     with pytest.raises(ValueError):
         params.data.source = "csv"  # type: ignore[misc]
 
@@ -50,7 +53,7 @@ def test_params_are_frozen():
             "train.early_stopping.patiance: unknown key; did you mean "
             "'train.early_stopping.patience'?",
         ),
-        ({"validate": {"drift_ks": 0.2}}, "did you mean 'validate.drift_max_ks'?"),
+        ({"validate": {"drift_alfa": 0.2}}, "did you mean 'validate.drift_alpha'?"),
     ],
 )
 def test_unknown_key_suggests_the_closest(raw: dict, expected: str):
@@ -73,7 +76,7 @@ def test_unknown_key_far_from_any_gives_no_suggestion():
         ({"train": {"epochs": "five"}}, "train.epochs: received 'five'; must be a valid integer"),
         ({"train": {"epochs": 2.5}}, "train.epochs: received 2.5; must be a valid integer"),
         ({"train": {"deterministic": "maybe"}}, "train.deterministic: received 'maybe'"),
-        ({"validate": {"drift_max_ks": "high"}}, "validate.drift_max_ks: received 'high'"),
+        ({"validate": {"drift_alpha": "high"}}, "validate.drift_alpha: received 'high'"),
         ({"data": {"exclude_columns": "city"}}, "data.exclude_columns: received 'city'; "
                                                 "must be a list"),
         ({"data": None}, "data: received None; must be a mapping"),
@@ -96,7 +99,7 @@ def test_wrong_type_names_key_and_value(raw: dict, expected: str):
          "validate.max_duplicate_fraction: received 2; must be less than or equal to 1"),
         ({"validate": {"value_min": 5, "value_max": 1}},
          "validate.value_min must be below validate.value_max; received 5.0 >= 1.0"),
-        ({"validate": {"min_class_fraction": 0.6}},
+        ({"validate": {"min_class_fraction": 0.95}},
          "validate.min_class_fraction must not exceed validate.max_class_fraction"),
         ({"split": {"val_fraction": 0.5, "test_fraction": 0.45}},
          "split.val_fraction + split.test_fraction must be below 0.9"),
@@ -126,8 +129,9 @@ def test_local_source_without_path_or_url(source: str):
     assert f"data.source={source!r} needs data.path (a local file) or data.url" in error_of(
         {"data": {"source": source}}
     )
-    assert parse_params({"data": {"source": source, "path": "d"}}).data.path == "d"
-    assert parse_params({"data": {"source": source, "url": "http://x/d"}}).data.url
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert parse_params({**base, "data": {"source": source, "path": "d"}}).data.path == "d"
+    assert parse_params({**base, "data": {"source": source, "url": "http://x/d"}}).data.url
 
 
 def test_every_error_is_reported_at_once():

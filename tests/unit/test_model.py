@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nnops.config import HiddenLayer, TrainParams, parse_params
+from nnops.config import HiddenLayer, TrainParams, load_params
 from nnops.errors import NnopsError
 
 keras = pytest.importorskip("keras")
@@ -36,7 +37,7 @@ def _data(n: int = 240, d: int = 12, k: int = 3, seed: int = 0) -> TrainData:
 
 
 def test_default_params_build_the_textbook_model():
-    params = parse_params({}).train
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml").train
     model = build_model(params, n_features=64, n_classes=10, preprocessing={"method": "none"})
     compile_model(model, params, steps_per_epoch=10)
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]

@@ -5,13 +5,25 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from nnops import report as rp
-from nnops.config import Params, parse_params
+from nnops.config import load_params, parse_params
 
 pytestmark = pytest.mark.unit
+
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def params_with(changes: dict) -> object:
+    """The repository's params.yaml with some sections changed (keys it alone declares)."""
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    for section, values in changes.items():
+        raw[section] = {**raw[section], **values}
+    return parse_params(raw)
 
 
 def _tiny_png(color: str) -> bytes:
@@ -24,7 +36,7 @@ def _tiny_png(color: str) -> bytes:
 
 def _inputs(**overrides) -> rp.ReportInputs:
     base = dict(
-        params=parse_params({"train": {"epochs": 3, "learning_rate": 0.01}}),
+        params=params_with({"train": {"epochs": 3, "learning_rate": 0.01}}),
         validation={
             "success": False,
             "expectations": [
@@ -103,12 +115,12 @@ def test_images_are_inlined_and_decode():
 
 
 def test_params_diff_lists_only_changed_keys():
-    rows = rp.params_diff(parse_params({"train": {"epochs": 3}, "evaluate": {"slice_by": ["a"]}}))
+    rows = rp.params_diff(params_with({"train": {"epochs": 3}, "evaluate": {"slice_by": ["a"]}}))
     assert rows == [
         {"key": "evaluate.slice_by", "default": [], "value": ["a"]},
         {"key": "train.epochs", "default": 20, "value": 3},
     ]
-    assert rp.params_diff(Params()) == []
+    assert rp.params_diff(load_params(REPO_PARAMS)) == []
 
 
 def test_params_section_shows_the_changes():
@@ -154,7 +166,7 @@ def test_csv_run_shows_importances():
 
 
 def test_missing_inputs_leave_visible_gaps():
-    report = rp.build_report(rp.ReportInputs(params=Params()))
+    report = rp.build_report(rp.ReportInputs(params=load_params(REPO_PARAMS)))
     for section in ("validation", "learning-curves", "fit", "metrics", "confusion", "explain"):
         assert 'class="muted"' in _section(report.html, section), section
     assert "<img" not in report.html

@@ -11,15 +11,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import ks_2samp
+from scipy.stats import ks_2samp, wasserstein_distance
 
 from nnops import validate
-from nnops.config import SplitParams, ValidateParams
+from nnops.config import ValidateParams, load_params
 from nnops.ingest import RawData, from_arrays, read_raw, write_raw
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
+DEFAULTS = load_params(REPO / "params.yaml")
+
+
+def vparams(**overrides: object) -> ValidateParams:
+    """The repository's ``validate`` params with some values changed."""
+    return ValidateParams(**{**DEFAULTS.validate_.model_dump(), **overrides})
 
 
 def clean_raw() -> RawData:
@@ -35,8 +41,8 @@ def check(tmp_path: Path, raw: RawData, **overrides: object) -> dict:
     """Write ``raw`` as a raw data file, read it back and validate it like the stage does."""
     write_raw(raw, tmp_path / "raw")
     back = read_raw(tmp_path / "raw")
-    prof = validate.profile(back.frame, back.meta, SplitParams())
-    checks = validate.build_checks(prof, ValidateParams(**overrides), back.meta)
+    prof = validate.profile(back.frame, back.meta, DEFAULTS.split, vparams(**overrides))
+    checks = validate.build_checks(prof, vparams(**overrides), back.meta)
     return validate.summarise(prof, checks, validate.run_suites(prof, checks), back.meta)
 
 
@@ -50,14 +56,15 @@ def test_clean_data_passes_every_expectation(tmp_path: Path):
     names = {e["name"] for e in report["expectations"]}
     assert {"schema_columns", "schema_feature_dtypes", "no_missing_features",
             "no_infinite_features", "value_min", "value_max", "label_set", "min_rows",
-            "class_balance", "duplicate_rows", "drift_ks"} <= names  # fmt: skip
+            "class_balance", "duplicate_rows", "drift"} <= names  # fmt: skip
     parts = report["partitions"]
     assert (parts["basis"], parts["train"], parts["test"]) == (
         "the source's own test split", 2550, 1000,
     )  # fmt: skip
-    assert parts["ks_noise_1pct"] == pytest.approx(1.628 * (3550 / (2550 * 1000)) ** 0.5, 1e-3)
-    drift = next(e for e in report["expectations"] if e["name"] == "drift_ks")
-    assert drift["column"].startswith("px_") and 0 < drift["observed"] < 0.1
+    drift = next(e for e in report["expectations"] if e["name"] == "drift")
+    assert drift["observed"] == {"method": "wasserstein", "drifted": 0, "tested": 9, "share": 0}
+    assert drift["column"].startswith("px_")  # the closest call
+    assert report["drift"]["n_reference"] == 2550 and len(report["drift"]["features"]) == 9
 
 
 def frame_edit(edit: Callable[[pd.DataFrame], pd.DataFrame]) -> RawData:
@@ -112,7 +119,7 @@ BAD_FILES = {
     "bad origin": (set_cell("origin", "holdout"), "schema_origin", "origin", None),
     "duplicates": (duplicate_rows, "duplicate_rows", "row_hash", 0.1),
     "rare class": (rare_class, "class_balance", "label", None),
-    "drift": (shifted_test, "drift_ks", "px_7", None),
+    "drift": (shifted_test, "drift", "px_7", None),
 }
 
 
@@ -132,6 +139,11 @@ def test_each_bad_file_fails_its_expectation_and_names_the_column(tmp_path: Path
         )
     line = next(x for x in validate.failure_lines(report) if x.startswith(f"FAILED {name}:"))
     assert column in line and str(bad[name]["bound"]) in line
+    # GX's verdict on the drift expectation and the drift summary agree
+    assert report["drift"]["drifted"] == (name == "drift")
+    if name == "drift":
+        assert bad[name]["failing_columns"][0]["reason"].startswith("Wasserstein")
+        assert "std > 0.1 (KS" in line
 
 
 def test_failing_checks_are_specific(tmp_path: Path):
@@ -159,8 +171,8 @@ def test_params_bounds_override_the_source_range(tmp_path: Path):
 
 
 def test_csv_without_bounds_has_no_range_checks():
-    assert validate.value_bounds(ValidateParams(), {"value_range": None}) == (None, None)
-    assert validate.value_bounds(ValidateParams(value_min=-1), {"value_range": [0, 255]}) == (
+    assert validate.value_bounds(vparams(), {"value_range": None}) == (None, None)
+    assert validate.value_bounds(vparams(value_min=-1), {"value_range": [0, 255]}) == (
         -1, 255,
     )  # fmt: skip
 
@@ -172,21 +184,55 @@ def test_ks_matches_scipy_for_pixels_and_floats():
     floats[1, 600:] += 0.7
     first, second = np.arange(500), np.arange(500, 700)
     for values in (ints, floats):
-        ours = validate.ks_statistics(values, first, second)
-        expected = [ks_2samp(v[first], v[second]).statistic for v in values]
-        np.testing.assert_allclose(ours, expected, rtol=1e-12)
+        ours = validate.compare(values, first, second)
+        tests = [ks_2samp(v[first], v[second], method="asymp") for v in values]
+        np.testing.assert_allclose(ours.ks, [t.statistic for t in tests], rtol=1e-12)
+        p = validate.ks_p_values(ours.ks, ours.n_first, ours.n_second)
+        np.testing.assert_allclose(p, [t.pvalue for t in tests], rtol=1e-6)
+        distance = [wasserstein_distance(v[first], v[second]) for v in values]
+        np.testing.assert_allclose(ours.wasserstein, distance, rtol=1e-9)
+        np.testing.assert_allclose(ours.std_first, values[:, first].std(axis=1), rtol=1e-9)
+    assert validate.compare(floats, first, second).ks[1] > 0.1  # half of the second sample shifted
+
+
+def test_drift_decision_per_method_and_constant_features():
+    """Below drift_switch_rows the adjusted p-value decides; above it the distance must also
+    exceed drift_distance; a feature constant in both samples is not tested."""
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(4, 3000))
+    values[1, 2000:] += 0.05  # significant at this size, yet too small to matter
+    values[2, 2000:] += 0.5
+    values[3] = 7.0
+    first, second = np.arange(2000), np.arange(2000, 3000)
+    cmp = validate.compare(values, first, second)
+    names = ["same", "tiny", "half", "flat"]
+    big = validate.drift_table(names, cmp, 2000, vparams()).set_index("feature")
+    assert big["drift"].to_dict() == pytest.approx(
+        {"same": 0.0, "tiny": 0.0, "half": 1.0, "flat": float("nan")}, nan_ok=True
+    )
+    assert big.at["half", "drift_method"] == "wasserstein"
+    assert big.at["half", "wasserstein_std"] == pytest.approx(0.5, abs=0.05)
+    assert big.at["half", "drift_reason"].startswith("Wasserstein 0.4")
+    assert "std > 0.1 (KS" in big.at["half", "drift_reason"]
+    assert big.at["flat", "drift_reason"] == "constant in both samples: not tested"
+    small = validate.drift_table(names, cmp, 2000, vparams(drift_switch_rows=5000))
+    assert small.set_index("feature").at["half", "drift_method"] == "ks"
+    summary = validate.drift_summary(big.reset_index(), vparams(), 2000, 1000)
+    assert (summary["n_tested"], summary["n_drifted"], summary["drifted"]) == (3, 1, True)
+    assert summary["features"][0]["feature"] == "half"  # drifted features first
 
 
 def test_html_report_shows_each_expectation(tmp_path: Path):
     report = check(tmp_path, frame_edit(set_cell("px_1", 17)))
     page = validate.render_html(report)
-    assert page.count("<tr class=") == report["n_expectations"]
+    drift_rows = min(len(report["drift"]["features"]), validate.DRIFT_ROWS_SHOWN)
+    assert page.count("<tr class=") == report["n_expectations"] + drift_rows
     assert "FAILED" in page and "px_1" in page
 
 
 def run_stage(tmp_path: Path, raw: RawData) -> subprocess.CompletedProcess:
     write_raw(raw, tmp_path / "raw")
-    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "raw", "--out", "out"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
 
@@ -211,7 +257,7 @@ def test_stage_passes_clean_data_and_writes_no_gx_project(tmp_path: Path):
 
 
 def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path):
-    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "nowhere", "--out", "out"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
@@ -219,3 +265,71 @@ def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path):
         "validate: error: nowhere/meta.json: file not found (did the previous stage run?)"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def real_table(name: str) -> RawData:
+    """A bundled scikit-learn dataset as the csv source reads it (string class labels)."""
+    from sklearn import datasets
+
+    from nnops.ingest import from_table
+
+    bunch = getattr(datasets, f"load_{name}")(as_frame=True)
+    table = bunch.frame.copy()
+    table["target"] = np.asarray(bunch.target_names)[bunch.target.to_numpy()]
+    return from_table(table, "target", (), where=name)
+
+
+@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "digits"])
+def test_default_params_pass_clean_real_data(tmp_path: Path, name: str):
+    from nnops.ingest import load_digits
+
+    raw = load_digits() if name == "digits" else real_table(name)
+    report = check(tmp_path, raw)
+    assert report["success"], validate.failure_lines(report)
+    expected_method = "wasserstein" if name == "digits" else "ks"
+    assert report["drift"]["method"] == expected_method
+    if name == "digits":  # border pixels constant at 0 are not tested, so cannot alarm
+        untested = [f for f in report["drift"]["features"] if f["drift_method"] == "none"]
+        assert {f["feature"] for f in untested} >= {"px_0", "px_32", "px_39"}
+        assert all(f["drift"] is None for f in untested)
+
+
+def test_float_images_far_outside_the_pixel_range_are_rejected(tmp_path: Path):
+    """An npz of float images (no value range of its own) is still held to 0..255."""
+    from nnops.ingest import read_npz
+
+    rng = np.random.default_rng(1)
+    x_train = rng.uniform(0, 255, (400, 4, 4))
+    x_train[:5, 0, 1] = 3e6
+    x_test = rng.uniform(0, 255, (200, 4, 4))
+    y_train, y_test = np.arange(400) % 2, np.arange(200) % 2
+    np.savez(tmp_path / "f.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    report = check(tmp_path, read_npz(tmp_path / "f.npz"))
+    bad = failed(report)
+    assert set(bad) == {"value_max"}
+    assert bad["value_max"]["column"] == "px_1" and bad["value_max"]["bound"] == "<= 255"
+    assert bad["value_max"]["detail"] == (
+        "split train: 5 value(s) in 3e+06..3e+06 in px_1 (allowed <= 255)"
+    )
+    line = validate.failure_lines(report)[0]
+    assert "split train" in line and "3e+06" in line
+
+
+def test_params_bound_a_csv_source(tmp_path: Path):
+    raw = real_table("iris")
+    assert "value_max" not in {e["name"] for e in check(tmp_path, raw)["expectations"]}
+    bad = failed(check(tmp_path, raw, value_max=7.5))["value_max"]
+    assert bad["column"] == "sepal length (cm)" and "split train" in bad["detail"]
+
+
+def test_stage_writes_a_training_profile(tmp_path: Path):
+    proc = run_stage(tmp_path, clean_raw())
+    assert proc.returncode == 0, proc.stderr
+    profile = json.loads((tmp_path / "out/profile.json").read_text())
+    assert profile["format"] == validate.PROFILE_FORMAT
+    assert profile["feature_names"] == [f"px_{i}" for i in range(9)]
+    assert profile["class_names"] == ["0", "1", "2"] and profile["value_bounds"] == [0, 16]
+    assert profile["n_reference"] == 2550 and profile["validate"]["drift_alpha"] == 0.01
+    px = profile["features"]["px_0"]
+    assert px["n"] == 2550 and len(px["sketch"]) == validate.SKETCH_POINTS
+    assert min(px["sketch"]) >= 0 and max(px["sketch"]) <= 16 and px["std"] > 0

@@ -1,0 +1,210 @@
+"""New batches checked against the training profile: nnops validate-batch and nnops predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nnops import validate, validate_batch
+from nnops.config import load_params
+from nnops.ingest import RawData, from_table, load_digits
+from nnops.split import split_indices
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+PARAMS = load_params(REPO / "params.yaml")
+
+
+def iris() -> tuple[RawData, pd.DataFrame]:
+    """iris as the csv source reads it, and the original table (string labels in ``target``)."""
+    from sklearn.datasets import load_iris
+
+    bunch = load_iris(as_frame=True)
+    table = bunch.frame.copy()
+    table["target"] = np.asarray(bunch.target_names)[bunch.target.to_numpy()]
+    return from_table(table, "target", (), where="iris"), table
+
+
+def write_profile(raw: RawData, path: Path, label_column: str) -> Path:
+    """The validate stage's profile of ``raw`` (same functions the stage calls)."""
+    prof = validate.profile(raw.frame, raw.meta, PARAMS.split, PARAMS.validate_)
+    ref = validate.reference_profile(prof, PARAMS.validate_, raw.meta, label_column)
+    path.write_text(json.dumps(ref))
+    return path
+
+
+@pytest.fixture(scope="module")
+def iris_case(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """The iris profile, and iris's own test partition as a table (a batch from the same data)."""
+    root = tmp_path_factory.mktemp("iris")
+    raw, table = iris()
+    profile = write_profile(raw, root / "profile.json", "target")
+    s = PARAMS.split
+    parts = split_indices(raw.frame["label"].to_numpy(), None, s.val_fraction, 0.3, 1)
+    return profile, table.iloc[parts.test].reset_index(drop=True)
+
+
+def batch_cli(*args: str) -> int:
+    return validate_batch.main(list(args))
+
+
+def test_clean_batch_passes_and_writes_a_report(tmp_path: Path, iris_case, capsys):
+    profile, batch = iris_case
+    batch.to_csv(tmp_path / "new.csv", index=False)
+    assert batch_cli("--reference", str(profile), str(tmp_path / "new.csv")) == 0
+    out = capsys.readouterr().out
+    assert "new.csv: passed (0 of 7 checks failed, 45 rows)" in out
+    page = (tmp_path / "new.csv.validation.html").read_text()
+    assert "Batch validation: PASSED" in page and "petal width (cm)" in page
+
+
+def test_missing_column_fails_naming_it(tmp_path: Path, iris_case, capsys):
+    profile, batch = iris_case
+    batch.drop(columns=["petal width (cm)"]).to_csv(tmp_path / "new.csv", index=False)
+    report = tmp_path / "out/report.html"
+    args = ("--reference", str(profile), "--report", str(report), str(tmp_path / "new.csv"))
+    assert batch_cli(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "nnops validate-batch: FAILED schema_columns: column missing column(s) petal width (cm): "
+        "observed 4 columns, bound 4 features from the profile -- the batch has the training "
+        "feature columns"
+    ]
+    assert "Batch validation: FAILED" in report.read_text()
+
+
+def test_shifted_batch_fails_on_drift_with_the_reason(tmp_path: Path, iris_case, capsys):
+    profile, batch = iris_case
+    shifted = batch.copy()
+    for col in ("sepal length (cm)", "petal length (cm)"):
+        shifted[col] += shifted[col].std()
+    shifted.to_csv(tmp_path / "new.csv", index=False)
+    assert batch_cli("--reference", str(profile), str(tmp_path / "new.csv")) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "FAILED drift" in x]
+    assert "sepal length (cm)" in line and "petal length (cm)" in line
+    assert "'method': 'ks'" in line and "adjusted p" in line
+    page = (tmp_path / "new.csv.validation.html").read_text()
+    assert "Drift per feature" in page and "adjusted p" in page
+
+
+def test_bad_cells_and_unknown_labels_are_named(tmp_path: Path, iris_case, capsys):
+    profile, batch = iris_case
+    bad = batch.astype({"sepal width (cm)": str})
+    bad.loc[3, "sepal width (cm)"] = "wide"
+    bad.loc[4, "target"] = "rose"
+    bad.to_csv(tmp_path / "new.csv", index=False)
+    assert batch_cli("--reference", str(profile), str(tmp_path / "new.csv")) == 2
+    err = capsys.readouterr().err
+    assert "FAILED schema_feature_dtypes: column sepal width (cm)" in err
+    assert "FAILED label_set: column target: observed ['rose']" in err
+
+
+def test_missing_profile_is_a_one_line_error(tmp_path: Path, capsys):
+    (tmp_path / "new.csv").write_text("a\n1\n")
+    assert batch_cli("--reference", str(tmp_path / "nope.json"), str(tmp_path / "new.csv")) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"nnops validate-batch: error: {tmp_path / 'nope.json'}: file not found "
+        "(did the previous stage run?)"
+    ]
+
+
+@pytest.fixture(scope="module")
+def digits_case(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    root = tmp_path_factory.mktemp("digits")
+    raw = load_digits()
+    profile = write_profile(raw, root / "profile.json", "label")
+    s = PARAMS.split
+    parts = split_indices(raw.frame["label"].to_numpy(), None, s.val_fraction, s.test_fraction, 42)
+    x = raw.frame[raw.meta["feature_names"]].to_numpy()[parts.test]
+    return profile, x.reshape(-1, 8, 8)  # images, as a user would save them
+
+
+def test_npz_batch_clean_brightened_and_misshapen(tmp_path: Path, digits_case, capsys):
+    profile, images = digits_case
+    cases = {"clean": images, "bright": np.clip(images + 3, 0, 16), "narrow": images[:, :, :7]}
+    codes = {}
+    for name, x in cases.items():
+        np.savez(tmp_path / f"{name}.npz", x_raw=x)
+        codes[name] = batch_cli("--reference", str(profile), str(tmp_path / f"{name}.npz"))
+    assert codes == {"clean": 0, "bright": 2, "narrow": 2}
+    err = capsys.readouterr().err
+    assert "FAILED drift" in err and "'method': 'wasserstein'" in err and "std >" in err
+    assert "56 columns per row, but the training data has 64" in err
+
+
+def test_out_of_range_batch_names_the_range(tmp_path: Path, digits_case, capsys):
+    profile, images = digits_case
+    x = images.astype(np.float64)
+    x[:2, 0, 3] = 40.0
+    np.savez(tmp_path / "b.npz", x_raw=x)
+    assert batch_cli("--reference", str(profile), str(tmp_path / "b.npz")) == 2
+    err = capsys.readouterr().err
+    assert "FAILED value_max: column px_3" in err
+    assert "split batch: 2 value(s) in 40..40 in px_3 (allowed 0..16)" in err
+
+
+# --- nnops predict runs the schema part first ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def iris_model(tmp_path_factory) -> Path:
+    """A tiny 4-feature, 3-class Keras model saved in the .keras format."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, "softmax")])
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+def predict_cli(*args: str) -> int:
+    from nnops.predict import main
+
+    return main(list(args), prog="nnops predict")
+
+
+def test_predict_scores_a_clean_batch(tmp_path: Path, iris_case, iris_model):
+    profile, batch = iris_case
+    batch.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "pred.csv"
+    code = predict_cli("--model", str(iris_model), "--input", str(tmp_path / "new.csv"),
+                       "--out", str(out), "--reference", str(profile))  # fmt: skip
+    assert code == 0 and len(pd.read_csv(out)) == len(batch)
+
+
+def test_predict_refuses_a_missing_column_and_writes_nothing(
+    tmp_path: Path, iris_case, iris_model, capsys
+):
+    profile, batch = iris_case
+    batch.drop(columns=["sepal width (cm)"]).to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "pred.csv"
+    code = predict_cli("--model", str(iris_model), "--input", str(tmp_path / "new.csv"),
+                       "--out", str(out), "--reference", str(profile))  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"nnops predict: error: {tmp_path / 'new.csv'}: does not match the training data "
+        f"({profile}): missing column(s) sepal width (cm)"
+    ]
+
+
+def test_predict_warns_on_drift_or_refuses_when_asked(
+    tmp_path: Path, iris_case, iris_model, capsys
+):
+    profile, batch = iris_case
+    shifted = batch.copy()
+    shifted["petal length (cm)"] += 2 * shifted["petal length (cm)"].std()
+    shifted.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "pred.csv"
+    args = ["--model", str(iris_model), "--input", str(tmp_path / "new.csv"), "--out", str(out),
+            "--reference", str(profile)]  # fmt: skip
+    assert predict_cli(*args) == 0 and out.exists()
+    assert "new.csv: drift: petal length (cm): observed" in capsys.readouterr().err
+    out.unlink()
+    assert predict_cli(*args, "--refuse-drift") == 2 and not out.exists()
+    assert "(refused: drift, see nnops validate-batch)" in capsys.readouterr().err
