@@ -13,6 +13,7 @@ import sys
 # name -> (module holding ``main(argv, prog)``, one-line help). Add new verbs here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("nnops.predict", "score a CSV or npz batch with a model (path or MLflow URI)"),
+    "tune": ("nnops.tune", "search train.* with Optuna, every trial in MLflow; apply the winner"),
 }
 
 

@@ -1,0 +1,535 @@
+"""``nnops tune``: an Optuna study over ``train.*``, every trial in MLflow, the winner to DVC.
+
+Each trial samples the space in ``tune.space`` (TPE, seeded), builds its ``train`` section with
+``tune_space.apply`` and trains through the pipeline's own ``train.fit`` on the train split of
+``data/processed``, scored on the validation split (``train.load_processed`` never opens the test
+split). A Keras callback reports the metric every epoch so the pruner can stop weak trials. The
+study lives in an RDB (``optuna.db`` beside ``mlflow.db`` unless ``tune.storage`` names one), so a
+killed study resumes and several processes or machines share it. The run ends by writing
+``reports/tune/best_params.json`` and the ``dvc exp run -S ...`` command that trains the winner
+through the pipeline (``--apply`` runs it; its MLflow run is tagged with the study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import socket
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from nnops.config import ConfigError, Params, TuneParams, load_params
+from nnops.errors import NnopsError
+
+log = logging.getLogger(__name__)
+
+STORE = "optuna.db"
+BEST_FILE = "best_params.json"
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every worker process needs: params (with command-line overrides), where things are."""
+
+    params: Params
+    tune: TuneParams
+    storage: str
+    tracking_uri: str
+    data_dir: str
+    parent_run_id: str = ""
+
+
+def storage_url(tune: TuneParams, root: Path) -> str:
+    """``tune.storage``, else ``sqlite:///optuna.db`` at the repository root (beside mlflow.db).
+
+    Args:
+        tune: the ``tune`` section.
+        root: the repository root.
+    """
+    return tune.storage or f"sqlite:///{(root / STORE).resolve()}"
+
+
+def masked(url: str) -> str:
+    """The storage URL without its password, for logs, MLflow and files.
+
+    Args:
+        url: an SQLAlchemy database URL.
+    """
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def direction(metric: str) -> str:
+    """``minimize`` for a loss, ``maximize`` for an accuracy.
+
+    Args:
+        metric: ``tune.metric``.
+    """
+    return "minimize" if "loss" in metric else "maximize"
+
+
+def make_pruner(tune: TuneParams, epochs: int) -> Any:
+    """The pruner named by ``tune.pruner.kind``, counting steps in epochs.
+
+    Args:
+        tune: the ``tune`` section.
+        epochs: ``train.epochs`` (Hyperband's largest budget).
+    """
+    import optuna
+
+    pr = tune.pruner
+    if pr.kind == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=pr.startup_trials, n_warmup_steps=pr.warmup_epochs
+        )
+    if pr.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, pr.warmup_epochs),
+            max_resource=epochs,
+            reduction_factor=pr.reduction_factor,
+        )
+    if pr.kind == "threshold":
+        bound = {"upper" if direction(tune.metric) == "minimize" else "lower": pr.threshold}
+        return optuna.pruners.ThresholdPruner(**bound, n_warmup_steps=pr.warmup_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(setup: Setup, seed_offset: int = 0) -> Any:
+    """Create the study or load it (``load_if_exists``); trials keep a heartbeat.
+
+    Args:
+        setup: the run's settings.
+        seed_offset: added to ``tune.seed`` so workers and resumed calls sample afresh.
+    """
+    import optuna
+
+    from nnops.tune_tracking import mark_killed
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats and stale-trial checks are marked experimental; we rely on them knowingly.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    tune = setup.tune
+
+    def on_stale(study: Any, trial: Any) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        log.info("trial %d lost its heartbeat; marked failed", trial.number)
+        if run_id:
+            mark_killed(setup.tracking_uri, [run_id], "the trial's process stopped (heartbeat)")
+
+    storage = optuna.storages.RDBStorage(
+        setup.storage,
+        heartbeat_interval=tune.heartbeat_s,
+        grace_period=tune.stale_after_s,
+        heartbeat_stale_trial_callback=on_stale,
+    )
+    sampler = optuna.samplers.TPESampler(
+        seed=tune.seed + seed_offset, n_startup_trials=tune.startup_trials
+    )
+    study = optuna.create_study(
+        storage=storage,
+        sampler=sampler,
+        pruner=make_pruner(tune, setup.params.train.epochs),
+        study_name=tune.study,
+        direction=direction(tune.metric),
+        load_if_exists=True,
+    )
+    metric = study.user_attrs.get("metric")
+    if metric is None:
+        study.set_user_attr("metric", tune.metric)
+    elif metric != tune.metric:
+        raise NnopsError(
+            f"study {tune.study!r} in {masked(setup.storage)} optimises {metric}, but tune.metric "
+            f"is {tune.metric!r}; pick another --study name or set tune.metric: {metric}"
+        )
+    return study
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study: Any, tracking_uri: str) -> int:
+    """Fail RUNNING trials whose process on this machine is gone; close their MLflow runs.
+
+    Trials of other machines are left to the heartbeat (``tune.stale_after_s``).
+
+    Args:
+        study: the study.
+        tracking_uri: the MLflow store.
+    """
+    import optuna
+
+    from nnops.tune_tracking import mark_killed
+
+    host, dead = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        where = str(trial.user_attrs.get("worker", ""))
+        name, _, pid = where.rpartition(":")
+        if name == host and pid.isdigit() and not _alive(int(pid)):
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            dead.append(trial)
+    optuna.storages.fail_stale_trials(study)
+    runs = [t.user_attrs["mlflow_run_id"] for t in dead if "mlflow_run_id" in t.user_attrs]
+    mark_killed(tracking_uri, runs, "the trial's process was killed")
+    return len(dead)
+
+
+def close_orphan_runs(study: Any, parent_run_id: str, tracking_uri: str) -> int:
+    """Mark KILLED the child runs still RUNNING whose trial is no longer running.
+
+    Args:
+        study: the study.
+        parent_run_id: the study's parent run.
+        tracking_uri: the MLflow store.
+    """
+    import optuna
+
+    from nnops.tune_tracking import mark_killed
+
+    client_runs = _children(tracking_uri, parent_run_id, "attributes.status = 'RUNNING'")
+    running = {
+        t.user_attrs.get("mlflow_run_id")
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    }
+    stale = [r.info.run_id for r in client_runs if r.info.run_id not in running]
+    return mark_killed(tracking_uri, stale, "the trial's process was killed")
+
+
+def _children(uri: str, parent_run_id: str, extra: str = "") -> list[Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {extra}" if extra else "")
+    return list(client.search_runs([exp], query, max_results=5000))
+
+
+# --- The study as a whole ---------------------------------------------------------------------
+
+
+def split_trials(total: int, jobs: int) -> list[int]:
+    """Share ``total`` trials among ``jobs`` workers (the first ones take the remainder).
+
+    Args:
+        total: trials to run.
+        jobs: worker processes.
+    """
+    jobs = max(1, min(jobs, total))
+    return [total // jobs + (1 if i < total % jobs else 0) for i in range(jobs)]
+
+
+def optimise(setup: Setup, trials: int, seed_offset: int) -> None:
+    """Run the trials, in this process (one job) or in ``tune.jobs`` worker processes.
+
+    Args:
+        setup: the run's settings (the parent run already open).
+        trials: trials to run in all.
+        seed_offset: the study's size when this call started.
+    """
+    from nnops.tune_trial import _work_process, work
+
+    shares = split_trials(trials, setup.tune.jobs)
+    if len(shares) == 1:
+        work(setup, shares[0], 0, seed_offset)
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_work_process, args=(setup, n, i, seed_offset), name=f"tune-worker-{i}")
+        for i, n in enumerate(shares)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(10)
+    bad = [p.name for p in procs if p.exitcode not in (0, None)]
+    if bad:
+        raise NnopsError(f"worker process(es) {', '.join(bad)} failed; see their messages above")
+
+
+def figures(study: Any, out: Path) -> list[Path]:
+    """Optimization history and param importances as PNGs (Optuna's matplotlib plots).
+
+    Args:
+        study: the study.
+        out: the folder to write into.
+    """
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    plots = {"optimization_history.png": vis.plot_optimization_history}
+    if len(complete) >= 2:
+        plots["param_importances.png"] = vis.plot_param_importances
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for name, plot in plots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the plots are marked experimental
+            try:
+                ax = plot(study)
+            except (ValueError, RuntimeError) as exc:  # e.g. no param varied between trials
+                log.info("no %s: %s", name, exc)
+                continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.savefig(out / name, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out / name)
+    return written
+
+
+def summarise(study: Any, setup: Setup, out: Path) -> dict[str, Any]:
+    """The study's outcome: counts, best trial, its ``train`` section and the DVC command.
+
+    Args:
+        study: the study.
+        setup: the run's settings.
+        out: ``reports/tune``.
+    """
+    from nnops import tune_space
+
+    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    for t in study.trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    summary: dict[str, Any] = {
+        "study": study.study_name,
+        "storage": masked(setup.storage),
+        "parent_run_id": setup.parent_run_id,
+        "tracking_uri": setup.tracking_uri,
+        "metric": setup.tune.metric,
+        "direction": direction(setup.tune.metric),
+        "trials": {k.lower(): v for k, v in counts.items()},
+        "epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in study.trials),
+    }
+    if not counts["COMPLETE"]:
+        return summary
+    best = study.best_trial
+    tuned = tune_space.apply(setup.params.train, best.params)
+    sets = tune_space.overrides(setup.params.train, tuned)
+    summary |= {
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+        "params": best.params,
+        "train": tuned.model_dump(mode="json"),
+        "overrides": sets,
+        "command": " ".join(["dvc exp run", *(f"-S {shlex.quote(s)}" for s in sets)]),
+    }
+    if "cv_std" in best.user_attrs:
+        summary["cv"] = {"mean": best.value, "std": best.user_attrs["cv_std"]}
+    summary["figures"] = [str(p.resolve()) for p in figures(study, out)]
+    return summary
+
+
+def begin(setup: Setup) -> tuple[Setup, int]:
+    """Open the study, clean up after dead processes and open the parent run.
+
+    Returns the settings with the parent run and the number of trials already in the study.
+
+    Args:
+        setup: the run's settings.
+    """
+    from nnops.tune_tracking import open_parent
+
+    study = open_study(setup)
+    killed = fail_dead_trials(study, setup.tracking_uri)
+    if killed:
+        log.info("marked %d trial(s) of killed processes failed", killed)
+    known = study.user_attrs.get(PARENT_ATTR)
+    same_store = study.user_attrs.get("tracking_uri") == setup.tracking_uri
+    # The study's settings as parent-run params: tune.* by dotted name, one per dimension.
+    flat = _flat_tune(setup.tune.model_dump(mode="json", exclude={"space"}))
+    flat["tune.storage"] = masked(setup.storage)
+    flat |= {f"tune.space.{i}": d.model_dump(mode="json") for i, d in enumerate(setup.tune.space)}
+    known = known if same_store else None
+    parent = open_parent(
+        setup.tracking_uri, setup.params.mlflow.experiment, setup.tune.study, known, flat
+    )
+    study.set_user_attr(PARENT_ATTR, parent.run_id)
+    study.set_user_attr("tracking_uri", setup.tracking_uri)
+    setup = replace(setup, parent_run_id=parent.run_id)
+    orphans = close_orphan_runs(study, parent.run_id, setup.tracking_uri)
+    if orphans:
+        log.info("marked %d MLflow trial run(s) of killed processes KILLED", orphans)
+    log.info(
+        "study %r in %s: %d trial(s) so far; MLflow parent run %s",
+        setup.tune.study, masked(setup.storage), len(study.trials), parent.run_id,
+    )  # fmt: skip
+    return setup, len(study.trials)
+
+
+def _flat_tune(section: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, Mapping):
+            out |= {f"tune.{key}.{k}": v for k, v in value.items()}
+        else:
+            out[f"tune.{key}"] = value
+    return out
+
+
+def finish(setup: Setup, out: Path, status: str) -> dict[str, Any]:
+    """Summarise, write ``best_params.json`` and figures, close the parent run.
+
+    Args:
+        setup: the run's settings.
+        out: ``reports/tune``.
+        status: the parent run's final status.
+    """
+    from nnops.io import write_json
+    from nnops.tune_tracking import close_parent
+
+    study = open_study(setup)
+    summary = summarise(study, setup, out)
+    best_file = out / BEST_FILE
+    if "best_value" in summary:
+        write_json(best_file, summary)
+    trials = summary["trials"]
+    metrics = {
+        "trials": float(sum(trials.values())),
+        "trials_complete": trials["complete"],
+        "trials_pruned": trials["pruned"],
+        "trials_failed": trials["fail"],
+        "epochs_total": summary["epochs"],
+    }
+    tags = {}
+    if "best_value" in summary:
+        metrics["best_value"] = summary["best_value"]
+        # MLflow names take no "*": best.train.hidden_layers.all.units
+        tags = {f"best.{k.replace('*', 'all')}": v for k, v in summary["params"].items()}
+        tags |= {"best.trial": summary["best_trial"], "best.command": summary["command"]}
+    files = [Path(p) for p in summary.get("figures", [])]
+    close_parent(_parent(setup), status, metrics, tags, [*files, best_file])
+    return summary
+
+
+def _parent(setup: Setup) -> Any:
+    from mlflow import MlflowClient
+
+    from nnops.tracking import RunInfo
+
+    run = MlflowClient(setup.tracking_uri).get_run(setup.parent_run_id)
+    return RunInfo(setup.parent_run_id, run.info.experiment_id, setup.tracking_uri)
+
+
+def apply_best(best_file: Path, overrides: Sequence[str]) -> int:
+    """Run ``dvc exp run -S ...`` with the winner; its train stage tags the run with the study.
+
+    Args:
+        best_file: ``reports/tune/best_params.json`` (named to the stage by an env variable).
+        overrides: ``key=value`` overrides.
+    """
+    import shutil
+    import subprocess
+
+    from nnops.tracking import TUNE_ENV
+
+    dvc = shutil.which("dvc", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [dvc or "dvc", "exp", "run", *(a for s in overrides for a in ("-S", s))]
+    env = {**os.environ, TUNE_ENV: str(best_file.resolve())}
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, help="trials to run now (default: tune.trials)")
+    p.add_argument("--timeout", type=float, help="seconds to run at most (tune.timeout_s)")
+    p.add_argument("--jobs", type=int, help="parallel worker processes (tune.jobs)")
+    p.add_argument("--study", help="study name (tune.study)")
+    p.add_argument("--storage", help="study database URL (tune.storage; default optuna.db)")
+    p.add_argument("--apply", action="store_true", help="run the winner through `dvc exp run`")
+    p.add_argument("--params", default="params.yaml", help="the params file")
+    p.add_argument("--data", default="data/processed", help="the preprocess stage's output")
+    p.add_argument("--out", default="reports/tune", help="best_params.json and figures")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Setup:
+    from nnops import tracking
+    from nnops.io import repo_root
+
+    params = load_params(args.params)
+    if params.tune is None:
+        raise ConfigError(f"{args.params}: no tune section (see docs/tuning.md)")
+    changes = {"trials": args.trials, "timeout_s": args.timeout, "jobs": args.jobs}
+    changes |= {"study": args.study, "storage": args.storage}
+    raw = params.tune.model_dump() | {k: v for k, v in changes.items() if v is not None}
+    try:
+        tune = TuneParams.model_validate(raw)
+    except ValueError as exc:
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
+        key = ".".join(map(str, first["loc"]))
+        raise ConfigError(f"command line: tune.{key}: {first['msg']}") from None
+    uri = tracking.connect(params.mlflow)
+    return Setup(params, tune, storage_url(tune, repo_root()), uri, args.data)
+
+
+def main(argv: list[str] | None = None, prog: str = "nnops tune") -> int:
+    """Run ``nnops tune``; return the exit status (2 on bad input, 130 when interrupted).
+
+    Args:
+        argv: arguments, for tests; defaults to ``sys.argv[1:]``.
+        prog: the program name used in messages.
+    """
+    from nnops.stage import configure_logging, quiet_environment
+
+    quiet_environment()
+    configure_logging()
+    args = parser(prog).parse_args(argv)
+    out = Path(args.out)
+    setup = None
+    try:
+        setup, before = begin(_settings(args))
+        optimise(setup, setup.tune.trials, before)
+        summary = finish(setup, out, "FINISHED")
+    except (ConfigError, NnopsError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if setup is not None and setup.parent_run_id:
+            finish(setup, out, "FAILED")
+        return 2
+    except KeyboardInterrupt:
+        if setup is not None and setup.parent_run_id:
+            finish(setup, out, "KILLED")
+        print(f"{prog}: interrupted; run it again to continue the study", file=sys.stderr)
+        return 130
+    t = summary["trials"]
+    print(
+        f"{prog}: study {summary['study']!r}: {t['complete']} complete, {t['pruned']} pruned, "
+        f"{t['fail']} failed; {summary['epochs']} epochs; MLflow parent run "
+        f"{summary['parent_run_id']}"
+    )
+    if "best_value" not in summary:
+        print(f"{prog}: no trial has completed yet; nothing to apply", file=sys.stderr)
+        return 1
+    print(f"best trial {summary['best_trial']}: {summary['metric']} {summary['best_value']:.4f}")
+    print(f"best params -> {out / BEST_FILE}")
+    print(f"apply with:\n  {summary['command']}")
+    if args.apply:
+        return apply_best(out / BEST_FILE, summary["overrides"])
+    return 0
