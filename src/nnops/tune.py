@@ -86,9 +86,10 @@ def make_pruner(tune: TuneParams, epochs: int) -> Any:
     import optuna
 
     pr = tune.pruner
+    warmup = pr.warmup_epochs + 1  # steps are epochs counted from 1; Optuna's warm-up from 0
     if pr.kind == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=pr.startup_trials, n_warmup_steps=pr.warmup_epochs
+            n_startup_trials=pr.startup_trials, n_warmup_steps=warmup
         )
     if pr.kind == "hyperband":
         return optuna.pruners.HyperbandPruner(
@@ -98,7 +99,7 @@ def make_pruner(tune: TuneParams, epochs: int) -> Any:
         )
     if pr.kind == "threshold":
         bound = {"upper" if direction(tune.metric) == "minimize" else "lower": pr.threshold}
-        return optuna.pruners.ThresholdPruner(**bound, n_warmup_steps=pr.warmup_epochs)
+        return optuna.pruners.ThresholdPruner(**bound, n_warmup_steps=warmup)
     return optuna.pruners.NopPruner()
 
 
