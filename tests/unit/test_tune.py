@@ -59,7 +59,13 @@ def test_repository_space_is_valid_and_flattens_to_dotted_names():
             "cannot vary between trials",
         ),
         (
-            {"key": "train.hidden_layers.3.units", "type": "int", "low": 8, "high": 9, "log": False},
+            {
+                "key": "train.hidden_layers.3.units",
+                "type": "int",
+                "low": 8,
+                "high": 9,
+                "log": False,
+            },
             "layer 3 does not exist (2 layers)",
         ),
         (
@@ -93,7 +99,11 @@ def test_apply_sets_layer_count_then_all_layers_then_one():
             "train.learning_rate": 0.01,
         },
     )
-    assert [(h.units, h.dropout) for h in tuned.hidden_layers] == [(128, 0.3), (128, 0.0), (128, 0.0)]
+    assert [(h.units, h.dropout) for h in tuned.hidden_layers] == [
+        (128, 0.3),
+        (128, 0.0),
+        (128, 0.0),
+    ]
     assert tuned.learning_rate == 0.01 and base.learning_rate == 0.001
     sets = overrides(base, tuned)
     assert "train.learning_rate=0.01" in sets
@@ -182,8 +192,13 @@ def _children(setup) -> list:
 
 
 def test_a_forced_pruner_prunes_and_the_run_shows_where(tmp_path: Path):
-    pruner = {"kind": "threshold", "startup_trials": 0, "warmup_epochs": 1,
-              "reduction_factor": 3, "threshold": 0.0}  # any val_loss > 0 is pruned after epoch 1
+    pruner = {
+        "kind": "threshold",
+        "startup_trials": 0,
+        "warmup_epochs": 1,
+        "reduction_factor": 3,
+        "threshold": 0.0,
+    }  # any val_loss > 0 is pruned after epoch 1
     setup = _setup(tmp_path, pruner=pruner)
     study = _optimize(setup, _data(), 2)
     assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
