@@ -114,7 +114,7 @@ def open_study(setup: Setup, seed_offset: int = 0) -> Any:
 
     from nnops.tune_tracking import mark_killed
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # nnops logs each trial's outcome itself
     # Heartbeats and stale-trial checks are marked experimental; we rely on them knowingly.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     tune = setup.tune
@@ -125,12 +125,19 @@ def open_study(setup: Setup, seed_offset: int = 0) -> Any:
         if run_id:
             mark_killed(setup.tracking_uri, [run_id], "the trial's process stopped (heartbeat)")
 
-    storage = optuna.storages.RDBStorage(
-        setup.storage,
-        heartbeat_interval=tune.heartbeat_s,
-        grace_period=tune.stale_after_s,
-        heartbeat_stale_trial_callback=on_stale,
-    )
+    try:
+        storage = optuna.storages.RDBStorage(
+            setup.storage,
+            heartbeat_interval=tune.heartbeat_s,
+            grace_period=tune.stale_after_s,
+            heartbeat_stale_trial_callback=on_stale,
+        )
+    except Exception as exc:  # no driver, server down, bad URL: name the store, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise NnopsError(
+            f"study storage {masked(setup.storage)} cannot be opened ({type(exc).__name__}: "
+            f"{first})"
+        ) from None
     sampler = optuna.samplers.TPESampler(
         seed=tune.seed + seed_offset, n_startup_trials=tune.startup_trials
     )
@@ -249,6 +256,8 @@ def optimise(setup: Setup, trials: int, seed_offset: int) -> None:
         return
     import multiprocessing
 
+    # Workers share a GPU: each takes memory as it needs it instead of all of it up front.
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_work_process, args=(setup, n, i, seed_offset), name=f"tune-worker-{i}")
@@ -458,7 +467,11 @@ def apply_best(best_file: Path, overrides: Sequence[str]) -> int:
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Search train.* with Optuna (TPE sampler, pruning); every trial is a nested "
+        "MLflow run; the best params go through `dvc exp run` (see docs/tuning.md).",
+    )
     p.add_argument("--trials", type=int, help="trials to run now (default: tune.trials)")
     p.add_argument("--timeout", type=float, help="seconds to run at most (tune.timeout_s)")
     p.add_argument("--jobs", type=int, help="parallel worker processes (tune.jobs)")
@@ -486,7 +499,8 @@ def _settings(args: argparse.Namespace) -> Setup:
     except ValueError as exc:
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
         key = ".".join(map(str, first["loc"]))
-        raise ConfigError(f"command line: tune.{key}: {first['msg']}") from None
+        got = f"received {first['input']!r}; " if "input" in first else ""
+        raise ConfigError(f"command line: tune.{key}: {got}{first['msg'].lower()}") from None
     uri = tracking.connect(params.mlflow)
     return Setup(params, tune, storage_url(tune, repo_root()), uri, args.data)
 

@@ -102,24 +102,31 @@ class TrialRun:
         """
         _params(self.run_id, self.uri, flat)
 
-    def end(self, state: str, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    def end(
+        self,
+        state: str,
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        status: str | None = None,
+    ) -> None:
         """Record the outcome and close the run (pruned runs finish; failed ones fail).
 
         Args:
-            state: complete, pruned, failed or killed.
+            state: complete, pruned or failed.
             metrics: single-valued metrics (objective, epochs run, ...).
             tags: further tags (the error, the epoch where a pruned trial stopped).
+            status: the run status, when not the one that goes with ``state`` (KILLED).
         """
         from mlflow.entities import Metric, RunTag
 
-        status = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
+        statuses = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         labels = [RunTag(STATE_TAG, state), *(RunTag(k, str(v)[:5000]) for k, v in tags.items())]
         with store_lock(self.uri):
             client = _client(self.uri)
             client.log_batch(self.run_id, metrics=batch, tags=labels)
-            client.set_terminated(self.run_id, status.get(state, "KILLED"))
+            client.set_terminated(self.run_id, status or statuses[state])
 
 
 def mark_killed(uri: str, run_ids: Iterable[str], reason: str) -> int:

@@ -147,7 +147,7 @@ def run_trial(trial: Any, setup: Setup, data: Any, runtime: Any, parent: Any) ->
         log.info("trial %d: pruned after epoch %d", trial.number, epochs)
         raise
     except KeyboardInterrupt:
-        run.end("killed", {"epochs_run": epochs}, {"nnops.trial.error": "interrupted"})
+        run.end("failed", {"epochs_run": epochs}, {"nnops.trial.error": "interrupted"}, "KILLED")
         raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
