@@ -58,7 +58,8 @@ def run_grid(root: Path) -> tuple[float, int, float, int]:
     from nnops import distribute
     from nnops.config import load_params
     from nnops.tracking import connect
-    from nnops.tune import Setup, _parent, begin, storage_url
+    from nnops.tune import _parent, begin
+    from nnops.tune_study import Setup, storage_url
 
     params = load_params(root / "params.yaml")
     uri = connect(params.mlflow)

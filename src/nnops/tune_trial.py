@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from nnops.config import TrainParams
+from nnops.config import ConfigError, TrainParams
 from nnops.errors import NnopsError
-from nnops.tune import Setup, open_study
+from nnops.tune_study import Setup, open_study
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,11 @@ def work(setup: Setup, n_trials: int, worker: int, seed_offset: int) -> None:
 
 
 def _work_process(setup: Setup, n_trials: int, worker: int, seed_offset: int) -> None:
+    """A ``--jobs`` worker process: bad input ends it with one line and status 2."""
     try:
         work(setup, n_trials, worker, seed_offset)
+    except (NnopsError, ConfigError) as exc:
+        print(f"nnops tune: worker {worker}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

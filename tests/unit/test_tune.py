@@ -137,7 +137,8 @@ def test_trial_value_follows_the_weights_the_pipeline_keeps():
 
 def _setup(tmp_path: Path, **tune: object):
     from nnops.tracking import connect
-    from nnops.tune import Setup, begin
+    from nnops.tune import begin
+    from nnops.tune_study import Setup
 
     raw = _raw(**tune)
     raw["train"] |= {"epochs": 3, "batch_size": 32}
@@ -166,7 +167,7 @@ def _optimize(setup, data, n: int) -> object:
 
     from nnops.distribute import Runtime
     from nnops.tracking import RunInfo
-    from nnops.tune import open_study
+    from nnops.tune_study import open_study
     from nnops.tune_trial import run_trial
 
     study = open_study(setup)
@@ -185,7 +186,7 @@ def _parent(setup):
 
 
 def _children(setup) -> list:
-    from nnops.tune import _children
+    from nnops.tune_study import _children
 
     return sorted(_children(setup.tracking_uri, setup.parent_run_id),
                   key=lambda r: int(r.data.tags["nnops.trial.number"]))  # fmt: skip
