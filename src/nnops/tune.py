@@ -100,7 +100,6 @@ def figures(study: Any, out: Path) -> list[Path]:
         study: the study.
         out: the folder to write into.
     """
-
     import matplotlib
 
     matplotlib.use("Agg")
