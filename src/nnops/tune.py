@@ -304,6 +304,11 @@ def _settings(args: argparse.Namespace) -> Setup:
     params = load_params(args.params)
     if params.tune is None:
         raise ConfigError(f"{args.params}: no tune section (see docs/tuning.md)")
+    if params.train.distribute == "multi_worker":
+        raise ConfigError(
+            "train.distribute: received 'multi_worker'; nnops tune trains each trial in one "
+            "process (allowed: 'none' or 'mirrored'; parallel trials come from --jobs)"
+        )
     changes = {"trials": args.trials, "timeout_s": args.timeout, "jobs": args.jobs}
     changes |= {"study": args.study, "storage": args.storage}
     raw = params.tune.model_dump() | {k: v for k, v in changes.items() if v is not None}
