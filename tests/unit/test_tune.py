@@ -237,3 +237,21 @@ def test_cross_validation_scores_the_mean_over_folds(tmp_path: Path):
     assert trial.value == pytest.approx(np.mean(folds))
     assert run.data.metrics["cv_std"] == pytest.approx(np.std(folds))
     assert trial.user_attrs["epochs"] == 9  # 3 folds x 3 epochs
+
+
+def test_the_report_has_a_tuning_section_only_with_content_when_a_study_chose_the_model():
+    from nnops import report as rp
+
+    params = parse_params(_raw())
+    plain = rp.build_report(rp.ReportInputs(params=params))
+    assert "were not chosen by a tuning study" in plain.html and "### Tuning" not in plain.markdown
+    tune = {"study": "s1", "storage": "sqlite:///optuna.db", "best_trial": 4, "best_value": 0.1234,
+            "metric": "val_loss", "parent_run_id": "abc123", "epochs": 30,
+            "trials": {"complete": 3, "pruned": 2, "fail": 1, "running": 0, "waiting": 0},
+            "params": {"train.learning_rate": 0.003}}  # fmt: skip
+    run = {"run_id": "r", "extra": {"tune": tune}}
+    tuned = rp.build_report(rp.ReportInputs(params=params, run=run))
+    assert "Chosen by Optuna study <b>s1</b>" in tuned.html
+    assert "trial 4 of 6" in tuned.html and "<code>train.learning_rate</code>" in tuned.html
+    assert "abc123" in tuned.markdown and "val_loss 0.1234" in tuned.markdown
+    assert rp.params_diff(params) == []  # the tune section is not a change from the defaults
