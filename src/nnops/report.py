@@ -647,7 +647,8 @@ def load_inputs(
         lineage: git and run context gathered by the stage.
     """
     images = {p.name: p.read_bytes() for p in sorted(explain.glob("*.png"))}
-    tuned = ((_read_optional_json(run) or {}).get("extra") or {}).get("tune") or {}
+    run_info = _read_optional_json(run)
+    tuned = ((run_info or {}).get("extra") or {}).get("tune") or {}
     for fig in map(Path, tuned.get("figures") or []):  # the study's pictures, when still there
         if fig.is_file():
             images[f"tune_{fig.name}"] = fig.read_bytes()
@@ -661,7 +662,7 @@ def load_inputs(
         slices=_read_optional_json(explain / "slices.json"),
         images=images,
         registry=_read_optional_json(registry),
-        run=_read_optional_json(run),
+        run=run_info,
         data_meta=_read_optional_json(data_meta),
         lineage=dict(lineage),
     )
