@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nnops.validate_batch",
         "check a new CSV or npz batch against the training profile (schema, ranges, drift)",
     ),
+    "tune": ("nnops.tune", "search train.* with Optuna, every trial in MLflow; apply the winner"),
 }
 
 

@@ -174,6 +174,92 @@ class MlflowParams(_Section):
     connect_timeout_s: Annotated[float, Field(gt=0.0, le=30.0)] = 10.0
 
 
+Scalar = str | int | float | bool
+
+
+class FloatDim(_Section):
+    key: str
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool
+
+
+class IntDim(_Section):
+    key: str
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool
+
+
+class CategoricalDim(_Section):
+    key: str
+    type: Literal["categorical"]
+    choices: tuple[Scalar, ...] = Field(min_length=1)
+
+
+Dimension = Annotated[FloatDim | IntDim | CategoricalDim, Field(discriminator="type")]
+
+
+class PrunerParams(_Section):
+    kind: Literal["median", "hyperband", "threshold", "none"]
+    startup_trials: Annotated[int, Field(ge=0)]
+    warmup_epochs: Annotated[int, Field(ge=0)]
+    reduction_factor: Annotated[int, Field(ge=2)]
+    threshold: float | None
+
+
+class TuneParams(_Section):
+    """``nnops tune``: the Optuna study over ``train.*`` (see docs/tuning.md).
+
+    Every field is required: the values live in ``params.yaml``. The search space is checked
+    against the ``train`` section in ``Params`` (each key must name a ``train`` param, and the
+    bounds and choices must be values that section accepts).
+    """
+
+    study: str = Field(min_length=1)
+    storage: str | None
+    trials: PositiveInt
+    timeout_s: Annotated[float, Field(gt=0.0)] | None
+    jobs: PositiveInt
+    metric: Literal["val_loss", "val_accuracy"]
+    cv_folds: Annotated[int, Field(ge=2)] | None
+    seed: int
+    startup_trials: Annotated[int, Field(ge=0)]
+    heartbeat_s: PositiveInt
+    stale_after_s: PositiveInt
+    pruner: PrunerParams
+    space: tuple[Dimension, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneParams:
+        if self.pruner.kind == "threshold" and self.pruner.threshold is None:
+            raise ValueError("tune.pruner.kind=threshold needs a tune.pruner.threshold; got null")
+        if self.stale_after_s <= self.heartbeat_s:
+            raise ValueError(
+                "tune.stale_after_s must exceed tune.heartbeat_s; received "
+                f"{self.stale_after_s} <= {self.heartbeat_s}"
+            )
+        for i, dim in enumerate(self.space):
+            if isinstance(dim, FloatDim | IntDim):
+                if dim.low > dim.high:
+                    raise ValueError(
+                        f"tune.space.{i} ({dim.key}): low must not exceed high; received "
+                        f"low={dim.low}, high={dim.high}"
+                    )
+                if dim.log and dim.low <= 0:
+                    raise ValueError(
+                        f"tune.space.{i} ({dim.key}): a log scale needs low > 0; "
+                        f"received low={dim.low}"
+                    )
+        keys = [d.key for d in self.space]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"tune.space: each key may appear once; repeated: {', '.join(twice)}")
+        return self
+
+
 class Params(_Section):
     """The whole of ``params.yaml``; ``validate`` and ``register`` are read as
     ``params.validate_`` and ``params.register_`` (the plain names belong to pydantic)."""
@@ -186,8 +272,18 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     mlflow: MlflowParams = MlflowParams()
+    # Optional as a section (a project that never tunes leaves it out); its fields have no defaults.
+    tune: TuneParams | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _tune_space_fits_train(self) -> Params:
+        if self.tune is not None:
+            from nnops.tune_space import check_space
+
+            check_space(self.tune.space, self.train)
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Return every param under its dotted ``params.yaml`` name."""

@@ -27,6 +27,7 @@ SECTIONS = (
     "summary",
     "validation",
     "params",
+    "tuning",
     "learning-curves",
     "fit",
     "metrics",
@@ -90,6 +91,8 @@ def _declared_defaults() -> dict[str, Any]:
     sections = {}
     for name, info in Params.model_fields.items():
         section = info.annotation
+        if not isinstance(section, type):  # an optional section (tune) has no defaults
+            continue
         keep = {k for k, f in section.model_fields.items() if not f.is_required()}
         values = {k: section.model_fields[k].get_default(call_default_factory=True) for k in keep}
         dumped = section.model_construct(**values).model_dump(mode="json", include=keep)
@@ -251,6 +254,7 @@ def _view(inputs: ReportInputs, figures: Mapping[str, bytes]) -> dict[str, Any]:
         "registry": registry,
         "gates": list(registry.get("gates") or []),
         "run": run,
+        "tuning": dict((run.get("extra") or {}).get("tune") or {}),
         "lineage": {k: v for k, v in lineage.items() if v not in (None, "")},
         "images": {name: _data_uri(png) for name, png in figures.items()},
     }
@@ -321,6 +325,24 @@ _HTML = """<!doctype html>
 {% for p in params_diff %}<tr><td><code>{{ p.key }}</code></td><td>{{ fmt(p.default) }}</td>
 <td><b>{{ fmt(p.value) }}</b></td></tr>{% endfor %}</table>
 {% else %}<p>All params are at their defaults.</p>{% endif %}
+</section>
+
+<section id="tuning">
+<h2>Tuning</h2>
+{% if not tuning %}<p class="muted">This model's params were not chosen by a tuning study
+(<code>nnops tune --apply</code>).</p>{% else %}
+<p>Chosen by Optuna study <b>{{ tuning.study }}</b> (<code>{{ tuning.storage }}</code>):
+trial {{ tuning.best_trial }} of {{ tuning.trials.values() | sum }}
+({{ tuning.trials.complete }} complete, {{ tuning.trials.pruned }} pruned,
+{{ tuning.trials.fail }} failed; {{ tuning.epochs }} epochs in all), best validation
+{{ tuning.metric }} <b>{{ fmt(tuning.best_value) }}</b>{% if tuning.cv %} (k-fold mean,
+std {{ fmt(tuning.cv.std) }}){% endif %}. MLflow parent run <code>{{ tuning.parent_run_id }}</code>.
+</p>
+<table><tr><th>param</th><th>value</th></tr>{% for k, v in tuning.params.items() %}
+<tr><td><code>{{ k }}</code></td><td>{{ fmt(v) }}</td></tr>{% endfor %}</table>
+{% for name in ['tune_optimization_history.png', 'tune_param_importances.png'] %}
+{% if name in images %}<img alt="{{ name[5:-4].replace('_', ' ') }}" src="{{ images[name] }}">
+{% endif %}{% endfor %}{% endif %}
 </section>
 
 <section id="learning-curves">
@@ -507,6 +529,12 @@ def render_markdown(view: Mapping[str, Any]) -> str:
         out += _md_table(["param", "default", "this run"], rows) + [""]
     else:
         out += ["All params are at their defaults.", ""]
+    tuning = view["tuning"]
+    if tuning:
+        out += ["### Tuning", "", f"Study `{tuning.get('study')}`, best trial "
+                f"{tuning.get('best_trial')}: {tuning.get('metric')} "
+                f"{_fmt(tuning.get('best_value'))} (MLflow parent run "
+                f"`{tuning.get('parent_run_id')}`).", ""]  # fmt: skip
     if view["flagged"]:
         out += ["### Flagged slices and classes", ""]
         rows = [[r["column"], r["value"], r["support"], r["accuracy"], r["gap"]]
@@ -637,6 +665,11 @@ def load_inputs(
         lineage: git and run context gathered by the stage.
     """
     images = {p.name: p.read_bytes() for p in sorted(explain.glob("*.png"))}
+    run_info = _read_optional_json(run)
+    tuned = ((run_info or {}).get("extra") or {}).get("tune") or {}
+    for fig in map(Path, tuned.get("figures") or []):  # the study's pictures, when still there
+        if fig.is_file():
+            images[f"tune_{fig.name}"] = fig.read_bytes()
     return ReportInputs(
         params=params,
         validation=_read_optional_json(validation / "validation.json"),
@@ -647,7 +680,7 @@ def load_inputs(
         slices=_read_optional_json(explain / "slices.json"),
         images=images,
         registry=_read_optional_json(registry),
-        run=_read_optional_json(run),
+        run=run_info,
         data_meta=_read_optional_json(data_meta),
         lineage=dict(lineage),
     )

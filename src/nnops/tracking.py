@@ -27,6 +27,8 @@ from nnops.io import read_json, repo_root, write_json
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "mlflow.db"
+# Set by `nnops tune --apply` to its best_params.json: the run it starts links to the study.
+TUNE_ENV = "NNOPS_TUNE_RESULT"
 
 
 def resolve_tracking_uri(params: MlflowParams, root: Path | None = None) -> str:
@@ -296,6 +298,10 @@ def start_training_run(
         )
     # MLflow's random names come from Python's `random`, which training seeds: name runs here.
     name = os.environ.get("DVC_EXP_NAME") or time.strftime("train-%Y%m%d-%H%M%S")
+    study = read_json(os.environ[TUNE_ENV]) if os.environ.get(TUNE_ENV) else None
+    if study:  # trained from a tuning study: link to its parent run
+        tags = {**tags, "nnops.tune.parent_run_id": study["parent_run_id"],
+                "nnops.tune.study": study["study"]}  # fmt: skip
     with store_lock(uri):
         run = client.create_run(exp_id, run_name=name, tags=tags)
         params = [Param(k, str(v)) for k, v in sorted(flat_params.items())]
@@ -303,7 +309,8 @@ def start_training_run(
             client.log_batch(run.info.run_id, params=params[i : i + 100])
     log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run.info.run_name,
              experiment, uri)  # fmt: skip
-    return RunInfo(run.info.run_id, exp_id, uri, extra={"run_name": run.info.run_name})
+    extra = {"run_name": run.info.run_name} | ({"tune": study} if study else {})
+    return RunInfo(run.info.run_id, exp_id, uri, extra=extra)
 
 
 class EpochLogger:

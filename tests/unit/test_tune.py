@@ -1,0 +1,257 @@
+"""Tuning: the search space against train params, and trials on tiny in-memory data.
+
+The trials here run the real objective (``tune_trial.run_trial``: ``train.fit``, a real Optuna
+study in a sqlite file, a real MLflow sqlite store) on a few hundred synthetic rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from nnops.config import ConfigError, TrainParams, parse_params
+from nnops.tune_space import apply, overrides
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _raw(**tune: object) -> dict:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tune"] = {**raw["tune"], **tune}
+    return raw
+
+
+def _error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    return str(err.value)
+
+
+def test_repository_space_is_valid_and_flattens_to_dotted_names():
+    params = parse_params(_raw())
+    assert params.tune is not None and len(params.tune.space) >= 5
+    assert params.flat()["tune.space.0.key"] == "train.learning_rate"
+
+
+@pytest.mark.parametrize(
+    ("dim", "expected"),
+    [
+        (
+            {"key": "train.lerning_rate", "type": "float", "low": 0.1, "high": 0.2, "log": False},
+            "tune.space.0.key: 'train.lerning_rate' is not a train param; did you mean "
+            "'train.learning_rate'?",
+        ),
+        (
+            {"key": "train.learning_rate", "type": "float", "low": 0.1, "high": 20, "log": True},
+            "tune.space.0 (train.learning_rate): value 20.0 is not accepted",
+        ),
+        (
+            {"key": "train.batch_size", "type": "categorical", "choices": [0, 32]},
+            "tune.space.0 (train.batch_size): value 0 is not accepted",
+        ),
+        (
+            {"key": "train.device", "type": "categorical", "choices": ["cpu"]},
+            "cannot vary between trials",
+        ),
+        (
+            {
+                "key": "train.hidden_layers.3.units",
+                "type": "int",
+                "low": 8,
+                "high": 9,
+                "log": False,
+            },
+            "layer 3 does not exist (2 layers)",
+        ),
+        (
+            {"key": "train.learning_rate", "type": "float", "low": 0.0, "high": 1, "log": True},
+            "a log scale needs low > 0",
+        ),
+    ],
+)
+def test_bad_dimensions_name_the_entry_and_value(dim: dict, expected: str):
+    assert expected in _error(_raw(space=[dim]))
+
+
+def test_tune_fields_are_required_and_checked():
+    raw = _raw()
+    del raw["tune"]["trials"]
+    assert "tune.trials: required key is missing" in _error(raw)
+    assert "tune.metric: received 'f1'" in _error(_raw(metric="f1"))
+    threshold = {"kind": "threshold", "startup_trials": 0, "warmup_epochs": 1,
+                 "reduction_factor": 3, "threshold": None}  # fmt: skip
+    assert "needs a tune.pruner.threshold" in _error(_raw(pruner=threshold))
+
+
+def test_apply_sets_layer_count_then_all_layers_then_one():
+    base = TrainParams()
+    tuned = apply(
+        base,
+        {
+            "train.hidden_layers.0.dropout": 0.3,
+            "train.hidden_layers.*.units": 128,
+            "train.hidden_layers": 3,
+            "train.learning_rate": 0.01,
+        },
+    )
+    assert [(h.units, h.dropout) for h in tuned.hidden_layers] == [
+        (128, 0.3),
+        (128, 0.0),
+        (128, 0.0),
+    ]
+    assert tuned.learning_rate == 0.01 and base.learning_rate == 0.001
+    sets = overrides(base, tuned)
+    assert "train.learning_rate=0.01" in sets
+    assert (
+        "train.hidden_layers=[{units:128,activation:relu,dropout:0.3},"
+        "{units:128,activation:relu,dropout:0.0},{units:128,activation:relu,dropout:0.0}]" in sets
+    )
+    assert overrides(base, base) == []
+
+
+def test_split_trials_shares_the_budget():
+    from nnops.tune import split_trials
+
+    assert split_trials(7, 3) == [3, 2, 2]
+    assert split_trials(2, 4) == [1, 1]
+
+
+def test_trial_value_follows_the_weights_the_pipeline_keeps():
+    from nnops.tune_trial import trial_value
+
+    history = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.3},
+               {"epoch": 3, "val_loss": 0.4}]  # fmt: skip
+    assert trial_value(history, TrainParams(), "val_loss") == 0.4
+    es = {"enabled": True, "monitor": "val_loss", "patience": 1, "min_delta": 0.0,
+          "restore_best_weights": True}  # fmt: skip
+    assert trial_value(history, TrainParams(early_stopping=es), "val_loss") == 0.3
+
+
+# --- Real trials on tiny data -----------------------------------------------------------------
+
+
+def _setup(tmp_path: Path, **tune: object):
+    from nnops.tracking import connect
+    from nnops.tune import begin
+    from nnops.tune_study import Setup
+
+    raw = _raw(**tune)
+    raw["train"] |= {"epochs": 3, "batch_size": 32}
+    params = parse_params(raw)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    connect(params.mlflow.model_copy(update={"tracking_uri": uri}))
+    setup = Setup(params, params.tune, f"sqlite:///{tmp_path / 'optuna.db'}", uri, "unused")
+    return begin(setup)[0]
+
+
+def _data(nan: bool = False):
+    from nnops.train import TrainData
+
+    rng = np.random.default_rng(0)
+    centers = rng.uniform(0, 16, size=(3, 8))
+    y = rng.integers(0, 3, size=240)
+    x = np.clip(centers[y] + rng.normal(0, 2, size=(240, 8)), 0, 16).astype("float32")
+    if nan:
+        x[5, 2] = np.nan
+    spec = {"method": "rescale", "scale": 1 / 16, "offset": 0.0}
+    return TrainData(x[:180], y[:180], x[180:], y[180:], 3, spec)
+
+
+def _optimize(setup, data, n: int) -> object:
+    import tensorflow as tf
+
+    from nnops.distribute import Runtime
+    from nnops.tracking import RunInfo
+    from nnops.tune_study import open_study
+    from nnops.tune_trial import run_trial
+
+    study = open_study(setup)
+    runtime = Runtime(tf.distribute.get_strategy(), "none", 1, True, 0)
+    parent = _parent(setup)
+    assert isinstance(parent, RunInfo)
+    study.optimize(lambda t: run_trial(t, setup, data, runtime, parent), n_trials=n,
+                   catch=(Exception,))  # fmt: skip
+    return study
+
+
+def _parent(setup):
+    from nnops.tune import _parent
+
+    return _parent(setup)
+
+
+def _children(setup) -> list:
+    from nnops.tune_study import _children
+
+    return sorted(_children(setup.tracking_uri, setup.parent_run_id),
+                  key=lambda r: int(r.data.tags["nnops.trial.number"]))  # fmt: skip
+
+
+def test_a_forced_pruner_prunes_and_the_run_shows_where(tmp_path: Path):
+    pruner = {
+        "kind": "threshold",
+        "startup_trials": 0,
+        "warmup_epochs": 1,
+        "reduction_factor": 3,
+        "threshold": 0.0,
+    }  # any val_loss > 0 is pruned after epoch 1
+    setup = _setup(tmp_path, pruner=pruner)
+    study = _optimize(setup, _data(), 2)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(setup.tracking_uri)
+    for run in _children(setup):
+        assert run.data.tags["nnops.trial.state"] == "pruned"
+        assert run.data.tags["nnops.trial.stopped_epoch"] == "2"
+        assert run.data.tags["mlflow.parentRunId"] == setup.parent_run_id
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+        assert "train.learning_rate" in run.data.params
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path):
+    setup = _setup(tmp_path, pruner={"kind": "none", "startup_trials": 0, "warmup_epochs": 0,
+                                     "reduction_factor": 3, "threshold": None})  # fmt: skip
+    study = _optimize(setup, _data(nan=True), 2)
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]  # both ran: the study went on
+    for run in _children(setup):
+        assert run.info.status == "FAILED"
+        assert run.data.tags["nnops.trial.state"] == "failed"
+        assert "not finite at epoch 1" in run.data.tags["nnops.trial.error"]
+    study = _optimize(setup, _data(), 1)
+    assert study.trials[-1].state.name == "COMPLETE"
+    assert _children(setup)[-1].data.tags["nnops.trial.state"] == "complete"
+
+
+def test_cross_validation_scores_the_mean_over_folds(tmp_path: Path):
+    setup = _setup(tmp_path, cv_folds=3)
+    study = _optimize(setup, _data(), 1)
+    trial = study.trials[0]
+    run = _children(setup)[0]
+    folds = [run.data.metrics[f"fold_{i}_val_loss"] for i in (1, 2, 3)]
+    assert trial.value == pytest.approx(np.mean(folds))
+    assert run.data.metrics["cv_std"] == pytest.approx(np.std(folds))
+    assert trial.user_attrs["epochs"] == 9  # 3 folds x 3 epochs
+
+
+def test_the_report_has_a_tuning_section_only_with_content_when_a_study_chose_the_model():
+    from nnops import report as rp
+
+    params = parse_params(_raw())
+    plain = rp.build_report(rp.ReportInputs(params=params))
+    assert "were not chosen by a tuning study" in plain.html and "### Tuning" not in plain.markdown
+    tune = {"study": "s1", "storage": "sqlite:///optuna.db", "best_trial": 4, "best_value": 0.1234,
+            "metric": "val_loss", "parent_run_id": "abc123", "epochs": 30,
+            "trials": {"complete": 3, "pruned": 2, "fail": 1, "running": 0, "waiting": 0},
+            "params": {"train.learning_rate": 0.003}}  # fmt: skip
+    run = {"run_id": "r", "extra": {"tune": tune}}
+    tuned = rp.build_report(rp.ReportInputs(params=params, run=run))
+    assert "Chosen by Optuna study <b>s1</b>" in tuned.html
+    assert "trial 4 of 6" in tuned.html and "<code>train.learning_rate</code>" in tuned.html
+    assert "abc123" in tuned.markdown and "val_loss 0.1234" in tuned.markdown
+    assert rp.params_diff(params) == []  # the tune section is not a change from the defaults
