@@ -13,6 +13,7 @@ import sys
 # name -> (module holding ``main(argv, prog)``, one-line help). Add new verbs here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("nnops.predict", "score a CSV or npz batch with a model (path or MLflow URI)"),
+    "reproduce": ("nnops.reproduce", "rerun the pipeline of a registered model and compare"),
 }
 
 

@@ -269,7 +269,13 @@ def from_table(
 # ---------------------------------------------------------------- readers (files, network)
 
 
-def fetch(url: str, cache_dir: str | Path, sha256: str | None = None, timeout: float = 60) -> Path:
+def fetch(
+    url: str,
+    cache_dir: str | Path,
+    sha256: str | None = None,
+    timeout: float = 60,
+    refresh: bool = False,
+) -> Path:
     """Download ``url`` into ``cache_dir`` once and return the cached file.
 
     A cached copy is reused when it exists (and matches ``sha256`` when one is given). A
@@ -280,12 +286,13 @@ def fetch(url: str, cache_dir: str | Path, sha256: str | None = None, timeout: f
         cache_dir: the download cache directory.
         sha256: the expected sha256 hex digest of the file, if known.
         timeout: seconds to wait for the server.
+        refresh: download even when a cached copy exists (DVC saw the upstream file change).
     """
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     key = hashlib.sha256(url.encode()).hexdigest()[:12]
     target = Path(cache_dir) / f"{key}-{name}"
     expected = sha256.lower() if sha256 else None
-    if target.exists():
+    if target.exists() and not refresh:
         if expected is None or _sha256(target) == expected:
             log.info("using cached %s for %s", target, url)
             return target
@@ -416,9 +423,11 @@ def input_file(params: DataParams) -> Path:
     Args:
         params: the ``data`` params section.
     """
-    remote = params.url or (params.path if _is_url(params.path) else None)
-    if remote:
-        return fetch(remote, params.cache_dir, params.sha256)
+    if params.url:
+        return fetch(params.url, params.cache_dir, params.sha256)
+    if _is_url(params.path):
+        # DVC reruns ingest when the upstream file changed: fetch it anew, never the cached copy.
+        return fetch(params.path, params.cache_dir, params.sha256, refresh=True)
     path = Path(params.path or "")
     if not params.path or path.as_posix() == PLACEHOLDER:
         raise NnopsError(
