@@ -424,6 +424,10 @@ def input_file(params: DataParams) -> Path:
         params: the ``data`` params section.
     """
     if params.url:
+        log.warning(
+            "data.url is fetched once and DVC does not watch it; put the URL in data.path "
+            "instead to have `dvc status` notice a changed upstream file"
+        )
         return fetch(params.url, params.cache_dir, params.sha256)
     if _is_url(params.path):
         # DVC reruns ingest when the upstream file changed: fetch it anew, never the cached copy.

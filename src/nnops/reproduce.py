@@ -154,28 +154,55 @@ def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     return proc
 
 
-def check_reproducible(lineage: Lineage, repo: Path) -> list[tuple[str, Path]]:
-    """Refuse a version that cannot be rebuilt; return ``(dep path, file to use)`` for its data.
+def experiment_commit(repo: Path, name: str) -> str | None:
+    """The commit DVC saved for experiment ``name`` (``refs/exps/.../<name>``), if it is kept.
+
+    Args:
+        repo: the user's repository.
+        name: the DVC experiment name (the run's ``dvc.exp_name`` tag).
+    """
+    refs = _git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps", check=False)
+    for line in refs.stdout.splitlines():
+        sha, _, ref = line.partition(" ")
+        if ref.endswith(f"/{name}"):
+            return sha
+    return None
+
+
+def check_reproducible(lineage: Lineage, repo: Path) -> tuple[str, list[tuple[str, Path]]]:
+    """Refuse a version that cannot be rebuilt; return its commit and the data files to use.
+
+    A run of ``dvc exp run`` trains in a workspace DVC changed (the experiment's params), so its
+    source is the commit DVC saved for the experiment, not the baseline the run's tags name.
 
     Args:
         lineage: the version's lineage.
         repo: the user's repository (its git history and its data files).
+
+    Returns:
+        The commit to rebuild and ``(dvc.lock dep path, file to copy there)`` pairs.
     """
     what = f"{lineage.model_uri} (version {lineage.version}, run {lineage.run_id})"
     if lineage.commit in ("", "unknown"):
         raise NnopsError(f"{what}: the run recorded no git commit; it cannot be rebuilt")
-    if _git(repo, "cat-file", "-e", f"{lineage.commit}^{{commit}}", check=False).returncode:
-        raise NnopsError(
-            f"{what}: git commit {lineage.commit} is missing from {repo} (fetch it first)"
-        )
-    if lineage.dirty != "false":
+    commit = lineage.commit
+    if lineage.exp_name:
+        commit = experiment_commit(repo, lineage.exp_name) or ""
+        if not commit:
+            raise NnopsError(
+                f"{what}: git commit of DVC experiment {lineage.exp_name!r} is missing from "
+                f"{repo} (removed, or not pulled with `dvc exp pull`)"
+            )
+    elif _git(repo, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode:
+        raise NnopsError(f"{what}: git commit {commit} is missing from {repo} (fetch it first)")
+    elif lineage.dirty != "false":
         raise NnopsError(
             f"{what}: the workspace was dirty (git.dirty={lineage.dirty}) when it trained, so "
-            f"commit {lineage.commit[:12]} does not hold the code and params that made it"
+            f"commit {commit[:12]} does not hold the code and params that made it"
         )
     files = []
     for dep, md5 in data_inputs(lineage.lock):
-        committed = _git(repo, "cat-file", "-e", f"{lineage.commit}:{dep}", check=False)
+        committed = _git(repo, "cat-file", "-e", f"{commit}:{dep}", check=False)
         if not Path(dep).is_absolute() and committed.returncode == 0:
             continue  # in git at that commit: the worktree holds it
         current = Path(dep) if Path(dep).is_absolute() else repo / dep
@@ -190,22 +217,22 @@ def check_reproducible(lineage: Lineage, repo: Path) -> list[tuple[str, Path]]:
                 f"{what}: data hash mismatch: data file {dep} changed since the run "
                 f"(md5 {md5} then, {now} now) and the DVC cache does not hold the old one"
             )
-    return files
+    return commit, files
 
 
-def rebuild(lineage: Lineage, repo: Path, workdir: Path, files: Sequence[tuple[str, Path]]) -> Path:
-    """Check out the version's commit in a git worktree under ``workdir`` and rerun its pipeline.
+def rebuild(commit: str, repo: Path, workdir: Path, files: Sequence[tuple[str, Path]]) -> Path:
+    """Check out ``commit`` in a git worktree under ``workdir`` and rerun its pipeline.
 
     MLflow writes to a store inside ``workdir``, so the user's store gets no runs.
 
     Args:
-        lineage: the version's lineage.
+        commit: the commit to rebuild (from ``check_reproducible``).
         repo: the user's repository.
         workdir: an empty scratch directory.
         files: data files to put into the worktree (from ``check_reproducible``).
     """
     tree = workdir / "tree"
-    _git(repo, "worktree", "add", "--detach", str(tree), lineage.commit)
+    _git(repo, "worktree", "add", "--detach", str(tree), commit)
     for dep, source in files:
         target = Path(dep) if Path(dep).is_absolute() else tree / dep
         if target != source:
@@ -215,11 +242,11 @@ def rebuild(lineage: Lineage, repo: Path, workdir: Path, files: Sequence[tuple[s
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
     cmd = [dvc, "repro", "--no-run-cache", TARGET]
-    log.info("rerunning %s at %s in %s", " ".join(cmd[1:]), lineage.commit[:12], tree)
+    log.info("rerunning %s at %s in %s", " ".join(cmd[1:]), commit[:12], tree)
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise NnopsError(f"dvc repro {TARGET} at {lineage.commit[:12]} failed: {' | '.join(tail)}")
+        raise NnopsError(f"dvc repro {TARGET} at {commit[:12]} failed: {' | '.join(tail)}")
     return tree
 
 
@@ -286,7 +313,7 @@ def compare(lineage: Lineage, tree: Path, tracking_uri: str, tolerance: float) -
     return rows
 
 
-def format_rows(rows: Sequence[Row], lineage: Lineage, tolerance: float) -> str:
+def format_rows(rows: Sequence[Row], lineage: Lineage, commit: str, tolerance: float) -> str:
     """The comparison as a fixed-width table with a header naming the version and commit."""
     head = ("", f"registered v{lineage.version}", "rerun", "")
     table = [head, *((r.name, r.registered, r.rerun, "ok" if r.match else "DIFFERS") for r in rows)]
@@ -297,7 +324,7 @@ def format_rows(rows: Sequence[Row], lineage: Lineage, tolerance: float) -> str:
     rule = "bit-identical" if not tolerance else f"within {tolerance:g} (GPU run)"
     return (
         f"{lineage.model_uri} = version {lineage.version}, run {lineage.run_id}, "
-        f"commit {lineage.commit[:12]}; compared {rule}\n" + "\n".join(lines)
+        f"commit {commit[:12]}; compared {rule}\n" + "\n".join(lines)
     )
 
 
@@ -314,20 +341,20 @@ def reproduce(
         keep: a directory to rebuild in and keep (default: a temporary one, removed after).
     """
     lineage = read_lineage(uri, tracking_uri)
-    files = check_reproducible(lineage, repo)
+    commit, files = check_reproducible(lineage, repo)
     tolerance = gpu_tolerance if lineage.on_gpu else 0.0
     log.info("tolerance %g (registered model trained on %s)", tolerance, lineage.device or "?")
     workdir = keep or Path(tempfile.mkdtemp(prefix="nnops-reproduce-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        tree = rebuild(lineage, repo, workdir, files)
+        tree = rebuild(commit, repo, workdir, files)
         rows = compare(lineage, tree, tracking_uri, tolerance)
     finally:
         if keep is None:
             _git(repo, "worktree", "remove", "--force", str(workdir / "tree"), check=False)
             shutil.rmtree(workdir, ignore_errors=True)
             _git(repo, "worktree", "prune", check=False)
-    return all(r.match for r in rows), format_rows(rows, lineage, tolerance)
+    return all(r.match for r in rows), format_rows(rows, lineage, commit, tolerance)
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
