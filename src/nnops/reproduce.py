@@ -91,6 +91,9 @@ def read_lineage(uri: str, tracking_uri: str) -> Lineage:
     from mlflow.exceptions import MlflowException
 
     name, alias, number = parse_model_uri(uri)
+    store = tracking_uri.removeprefix("sqlite:///")
+    if tracking_uri.startswith("sqlite:///") and not Path(store).is_file():
+        raise NnopsError(f"{uri}: the MLflow store {store} does not exist (--tracking-uri?)")
     client = MlflowClient(tracking_uri)
     try:
         version = (
@@ -98,6 +101,8 @@ def read_lineage(uri: str, tracking_uri: str) -> Lineage:
             if alias
             else client.get_model_version(name, number)
         )
+        if not version.run_id:
+            raise NnopsError(f"{uri}: version {version.version} was not logged by a run")
         run = client.get_run(version.run_id)
     except MlflowException as exc:
         raise NnopsError(f"{uri}: not found in {tracking_uri} ({exc.message[:200]})") from None
@@ -108,7 +113,7 @@ def read_lineage(uri: str, tracking_uri: str) -> Lineage:
             path = client.download_artifacts(version.run_id, LOCK_ARTIFACT, tmp)
             lock = yaml.safe_load(Path(path).read_text())
         except (MlflowException, OSError):
-            log.warning("run %s carries no %s; data files cannot be checked", run, LOCK_ARTIFACT)
+            log.warning("run %s has no %s: data files unchecked", run.info.run_id, LOCK_ARTIFACT)
     return Lineage(
         model_uri=uri,
         name=name,

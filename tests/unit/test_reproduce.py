@@ -88,3 +88,12 @@ def test_data_file_must_match_the_recorded_hash(repo: Path) -> None:
     cached.write_text("a,label\n1,0\n")
     _, files = check_reproducible(_lineage(head, lock=_lock("inputs/my.csv", md5)), repo)
     assert files == [("inputs/my.csv", cached)]
+
+
+def test_missing_store_is_named_and_not_created(tmp_path: Path) -> None:
+    from nnops.reproduce import read_lineage
+
+    store = tmp_path / "mlflow.db"
+    with pytest.raises(NnopsError, match="mlflow.db does not exist"):
+        read_lineage("models:/m@champion", f"sqlite:///{store}")
+    assert not store.exists()
