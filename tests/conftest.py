@@ -193,3 +193,34 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in QUIET_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+# A user's CSV as the data source: scikit-learn's digits written out as a table (64 pixel columns
+# and a label), read by ingest from inputs/digits.csv, which git does not track.
+CSV_PARAMS = {
+    "data": {"source": "csv", "path": "inputs/digits.csv", "label_column": "label"},
+    "train": {"epochs": 4},
+    "evaluate": {"explain": False},
+    "register": {"min_test_accuracy": 0.5, "require_good_fit": False},
+}
+
+
+def write_digits_csv(path: Path) -> Path:
+    """Write scikit-learn's digits as a CSV with a ``label`` column; return the path."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits(as_frame=True)
+    table = digits.data.astype(int)
+    table["label"] = digits.target
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
+
+
+def edit_csv_cell(path: Path, row: int = 0, column: str = "pixel_1_2") -> None:
+    """Change one cell of a CSV in place (a user fixing a value in their data)."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    table.loc[row, column] = int(table.loc[row, column]) + 1
+    table.to_csv(path, index=False)

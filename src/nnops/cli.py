@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check a new CSV or npz batch against the training profile (schema, ranges, drift)",
     ),
     "tune": ("nnops.tune", "search train.* with Optuna, every trial in MLflow; apply the winner"),
+    "reproduce": ("nnops.reproduce", "rerun the pipeline of a registered model and compare"),
 }
 
 

@@ -269,7 +269,13 @@ def from_table(
 # ---------------------------------------------------------------- readers (files, network)
 
 
-def fetch(url: str, cache_dir: str | Path, sha256: str | None = None, timeout: float = 60) -> Path:
+def fetch(
+    url: str,
+    cache_dir: str | Path,
+    sha256: str | None = None,
+    timeout: float = 60,
+    refresh: bool = False,
+) -> Path:
     """Download ``url`` into ``cache_dir`` once and return the cached file.
 
     A cached copy is reused when it exists (and matches ``sha256`` when one is given). A
@@ -280,12 +286,13 @@ def fetch(url: str, cache_dir: str | Path, sha256: str | None = None, timeout: f
         cache_dir: the download cache directory.
         sha256: the expected sha256 hex digest of the file, if known.
         timeout: seconds to wait for the server.
+        refresh: download even when a cached copy exists (DVC saw the upstream file change).
     """
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     key = hashlib.sha256(url.encode()).hexdigest()[:12]
     target = Path(cache_dir) / f"{key}-{name}"
     expected = sha256.lower() if sha256 else None
-    if target.exists():
+    if target.exists() and not refresh:
         if expected is None or _sha256(target) == expected:
             log.info("using cached %s for %s", target, url)
             return target
@@ -401,6 +408,47 @@ def load_keras(name: str, cache_dir: str | Path) -> RawData:
     return from_arrays(name, x_train, y_train, x_test, y_test, names, PIXEL_RANGES[name])
 
 
+# data.path of embedded sources: dvc.yaml lists ${data.path} as ingest's dependency, so it must
+# name a file that exists; this one explains itself and is never read.
+PLACEHOLDER = "inputs/embedded.txt"
+
+
+def input_file(params: DataParams) -> Path:
+    """Return the local file an npz / csv source reads, downloading it first if it is remote.
+
+    ``data.path`` may be an http(s) URL: DVC then tracks it by its ETag (a changed upstream file
+    reruns ingest), and it is fetched into ``data.cache_dir``. ``data.url`` is fetched the same
+    way. ``data.sha256``, when given, is checked before the file is used, local or not.
+
+    Args:
+        params: the ``data`` params section.
+    """
+    if params.url:
+        log.warning(
+            "data.url is fetched once and DVC does not watch it; put the URL in data.path "
+            "instead to have `dvc status` notice a changed upstream file"
+        )
+        return fetch(params.url, params.cache_dir, params.sha256)
+    if _is_url(params.path):
+        # DVC reruns ingest when the upstream file changed: fetch it anew, never the cached copy.
+        return fetch(params.path, params.cache_dir, params.sha256, refresh=True)
+    path = Path(params.path or "")
+    if not params.path or path.as_posix() == PLACEHOLDER:
+        raise NnopsError(
+            f"data.source={params.source!r} needs data.path (your file or an http(s) URL); "
+            f"received {params.path!r}, the placeholder for embedded sources"
+        )
+    if params.sha256 and path.is_file() and _sha256(path) != params.sha256.lower():
+        raise NnopsError(
+            f"{path}: sha256 is {_sha256(path)}, expected {params.sha256.lower()} (data.sha256)"
+        )
+    return path
+
+
+def _is_url(path: str | None) -> bool:
+    return bool(path) and urllib.parse.urlparse(path).scheme in ("http", "https")
+
+
 def load(params: DataParams) -> RawData:
     """Read the source ``params.source`` names.
 
@@ -416,8 +464,7 @@ def load(params: DataParams) -> RawData:
         return load_digits()
     if params.source in ("mnist", "fashion_mnist"):
         return load_keras(params.source, params.cache_dir)
-    # config guarantees a path or a url for npz and csv
-    path = fetch(params.url, params.cache_dir, params.sha256) if params.url else Path(params.path)
+    path = input_file(params)
     if params.source == "npz":
         return read_npz(path)
     return read_csv(path, params.label_column, params.exclude_columns)

@@ -224,10 +224,38 @@ def git_state(root: Path) -> dict[str, str]:
 
     commit = (git("rev-parse", "HEAD") or "").strip()
     status = git("status", "--porcelain", "--untracked-files=no")
+    # dvc.lock and the .gitignore files DVC keeps are rewritten by the pipeline run itself (each
+    # finished stage updates them): they do not make the code or params differ from the commit.
+    changed = [
+        line[3:]
+        for line in (status or "").splitlines()
+        if line[3:] not in PIPELINE_WRITTEN and not line.endswith(".gitignore")
+    ]
     return {
         "commit": commit or "unknown",
-        "dirty": "unknown" if status is None else str(bool(status.strip())).lower(),
+        "dirty": "unknown" if status is None else str(bool(changed)).lower(),
     }
+
+
+PIPELINE_WRITTEN = ("dvc.lock",)
+LOCK_ARTIFACT = "lineage/dvc.lock"
+
+
+def log_dvc_lock(run_id: str, root: Path | None = None) -> None:
+    """Attach the workspace's ``dvc.lock`` to the run (``lineage/dvc.lock``), if there is one.
+
+    While a stage runs, ``dvc.lock`` holds the hashes of every stage DVC finished before it (the
+    user's data file among the ingest deps), so the run carries the exact inputs it was built on.
+
+    Args:
+        run_id: the MLflow run.
+        root: the repository root; the working directory when omitted.
+    """
+    import mlflow
+
+    lock = (root or Path.cwd()) / "dvc.lock"
+    if lock.is_file():
+        mlflow.MlflowClient().log_artifact(run_id, str(lock), artifact_path="lineage")
 
 
 def experiment_id(uri: str, name: str) -> str:
@@ -421,6 +449,7 @@ def finish_training_run(
             pip_requirements=pip_requirements,
         )
         mlflow.log_metrics(metrics)
+        log_dvc_lock(info.run_id)
         for folder, paths in artifacts.items():
             for path in paths:
                 if Path(path).exists():

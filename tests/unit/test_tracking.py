@@ -159,8 +159,16 @@ def test_git_state_reports_commit_and_dirty_flag(tmp_path):
     (tmp_path / "a.txt").write_text("1")
     subprocess.run(["git", "add", "a.txt"], cwd=tmp_path, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "c"], cwd=tmp_path, env=env, check=True)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / ".gitignore").write_text("/a\n")
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "c"], cwd=tmp_path, env=env, check=True)
     clean = git_state(tmp_path)
     assert len(clean["commit"]) == 40 and clean["dirty"] == "false"
+    # What the pipeline run itself rewrites does not make the workspace dirty.
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (tmp_path / ".gitignore").write_text("/a\n/b\n")
+    assert git_state(tmp_path)["dirty"] == "false"
     (tmp_path / "a.txt").write_text("2")
     assert git_state(tmp_path)["dirty"] == "true"
     assert git_state(Path("/"))["commit"] == "unknown"

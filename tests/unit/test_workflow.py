@@ -223,3 +223,16 @@ def test_make_ui_and_server_call_the_launcher_on_localhost(tmp_path: Path) -> No
     artifacts = server[server.index("--artifacts-destination") + 1]
     assert artifacts == (tmp_path / "store" / "artifacts").resolve().as_uri()
     assert server[server.index("--port") + 1] == "5001"
+
+
+def test_dvc_remote_steps_run_only_when_a_remote_is_configured() -> None:
+    job = _workflow()["jobs"]["pipeline"]
+    assert job["env"]["DVC_REMOTE_URL"] == "${{ secrets.DVC_REMOTE_URL }}"
+    steps = {s["name"]: s for s in job["steps"] if "name" in s}
+    pull = next(s for s in steps.values() if "dvc pull --run-cache" in s.get("run", ""))
+    push = next(s for s in steps.values() if "dvc push --run-cache" in s.get("run", ""))
+    assert pull["if"] == "env.DVC_REMOTE_URL != ''"
+    assert push["if"] == "env.DVC_REMOTE_URL != '' && github.event_name == 'push'"
+    names = list(steps)
+    pipeline = next(n for n in names if "scripts/ci_pipeline.sh" in steps[n].get("run", ""))
+    assert names.index(pull["name"]) < names.index(pipeline) < names.index(push["name"])
