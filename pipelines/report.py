@@ -25,7 +25,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
     }
     paths = {k: Path(getattr(args, k)) for k in ("validation", "metrics", "evaluation", "history")}
     paths |= {k: Path(getattr(args, k)) for k in ("explain", "registry", "run", "data_meta")}
-    report = rp.build_report(rp.load_inputs(params, lineage=lineage, **paths))
+    baseline = rp.committed_params(Path.cwd())
+    report = rp.build_report(rp.load_inputs(params, lineage=lineage, baseline=baseline, **paths))
     out = Path(args.out)
     write_text(out / "report.html", report.html)
     write_text(out / "report.md", report.markdown)

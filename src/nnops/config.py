@@ -22,25 +22,35 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
+    """A params section. Fields carry no defaults: ``params.yaml`` is the only place values live,
+    so a key missing from it is an error naming the key, never a silent value from the code."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-UnitFraction = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0.0)]
+# Strict types: a YAML ``true`` is not the integer 1, ``"5"`` is not 5, and ``.inf``/``.nan`` are
+# never a usable number. Floats accept integers (``connect_timeout_s: 10``).
+Int = Annotated[int, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
+Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, lt=1.0)]
+UnitFraction = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+NonNegFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0)]
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]
+Name = Annotated[str, Field(strict=True, min_length=1)]
 
 Source = Literal["digits", "mnist", "fashion_mnist", "npz", "csv"]
 
 
 class DataParams(_Section):
-    source: Source = "digits"
-    path: str | None = None
-    url: str | None = None
-    sha256: str | None = None
-    label_column: str = "label"
-    exclude_columns: tuple[str, ...] = ()
-    cache_dir: str = "data/cache"
+    source: Source
+    path: str | None
+    url: str | None
+    sha256: str | None
+    label_column: Name
+    exclude_columns: tuple[str, ...]
+    cache_dir: Name
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> DataParams:
@@ -53,9 +63,9 @@ class DataParams(_Section):
 
 
 class SplitParams(_Section):
-    val_fraction: Fraction = 0.15
-    test_fraction: Fraction = 0.15
-    seed: int = 42
+    val_fraction: Fraction
+    test_fraction: Fraction
+    seed: Seed
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitParams:
@@ -68,13 +78,13 @@ class SplitParams(_Section):
 
 
 class ValidateParams(_Section):
-    min_rows: PositiveInt = 100
-    value_min: float | None = None
-    value_max: float | None = None
-    min_class_fraction: UnitFraction = 0.02
-    max_class_fraction: UnitFraction = 0.5
-    max_duplicate_fraction: UnitFraction = 0.05
-    drift_max_ks: UnitFraction = 0.15
+    min_rows: PositiveInt
+    value_min: Float | None
+    value_max: Float | None
+    min_class_fraction: UnitFraction
+    max_class_fraction: UnitFraction
+    max_duplicate_fraction: UnitFraction
+    drift_max_ks: UnitFraction
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> ValidateParams:
@@ -93,94 +103,100 @@ class ValidateParams(_Section):
 
 
 class PreprocessParams(_Section):
-    scaling: Literal["auto", "rescale", "standardize", "none"] = "auto"
+    scaling: Literal["auto", "rescale", "standardize", "none"]
 
 
 class HiddenLayer(_Section):
     units: PositiveInt
-    activation: Literal["relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish", "linear"] = (
-        "relu"
-    )
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    activation: Literal["relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish", "linear"]
+    dropout: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, lt=1.0)]
 
 
 class EarlyStoppingParams(_Section):
-    enabled: bool = False
-    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
-    patience: PositiveInt = 5
-    min_delta: NonNegFloat = 0.0
-    restore_best_weights: bool = True
+    enabled: Bool
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"]
+    patience: PositiveInt
+    min_delta: NonNegFloat
+    restore_best_weights: Bool
 
 
 class TrainParams(_Section):
-    seed: int = 42
-    deterministic: bool = True
-    epochs: PositiveInt = 20
-    batch_size: PositiveInt = 32
-    hidden_layers: tuple[HiddenLayer, ...] = (
-        HiddenLayer(units=64, activation="relu"),
-        HiddenLayer(units=64, activation="relu"),
-    )
-    l2: NonNegFloat = 0.0
-    optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = "adam"
-    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.001
-    lr_schedule: Literal["none", "cosine", "exponential"] = "none"
-    lr_decay_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
-    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
-    steps_per_execution: PositiveInt = 32
-    input_pipeline: Literal["in_graph", "tf_data", "numpy"] = "in_graph"
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    mixed_precision: bool = False
-    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    seed: Seed
+    deterministic: Bool
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    hidden_layers: tuple[HiddenLayer, ...]
+    allow_no_hidden_layers: Bool
+    l2: NonNegFloat
+    optimizer: Literal["adam", "sgd", "rmsprop", "adamw"]
+    learning_rate: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, le=10.0)]
+    lr_schedule: Literal["none", "cosine", "exponential"]
+    lr_decay_rate: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, le=1.0)]
+    early_stopping: EarlyStoppingParams
+    steps_per_execution: PositiveInt
+    input_pipeline: Literal["in_graph", "tf_data", "numpy"]
+    device: Literal["auto", "cpu", "gpu"]
+    mixed_precision: Bool
+    distribute: Literal["none", "mirrored", "multi_worker"]
+
+    @model_validator(mode="after")
+    def _has_hidden_layers(self) -> TrainParams:
+        if not self.hidden_layers and not self.allow_no_hidden_layers:
+            raise ValueError(
+                "train.hidden_layers: received []; list at least one layer, e.g. "
+                "[{units: 64, activation: relu, dropout: 0.0}], or set "
+                "train.allow_no_hidden_layers: true for a linear (softmax regression) model"
+            )
+        return self
 
 
 class FitThresholds(_Section):
-    min_train_accuracy: UnitFraction = 0.9
-    max_accuracy_gap: UnitFraction = 0.05
-    max_loss_gap: NonNegFloat = 0.15
-    min_val_loss_rise: NonNegFloat = 0.1
+    min_train_accuracy: UnitFraction
+    max_accuracy_gap: UnitFraction
+    max_loss_gap: NonNegFloat
+    min_val_loss_rise: NonNegFloat
 
 
 class EvaluateParams(_Section):
-    fit: FitThresholds = FitThresholds()
-    learning_curve: tuple[Fraction | Literal[1.0], ...] | None = None
-    slice_by: tuple[str, ...] = ()
-    slice_max_gap: UnitFraction = 0.05
-    explain: bool = True
-    explain_samples: PositiveInt = 50
-    explain_method: Literal["integrated_gradients", "gradient_x_input"] = "integrated_gradients"
-    explain_steps: PositiveInt = 32
-    explain_errors: PositiveInt = 16
-    explain_repeats: PositiveInt = 5
+    fit: FitThresholds
+    learning_curve: tuple[Fraction | Literal[1.0], ...] | None
+    slice_by: tuple[str, ...]
+    slice_max_gap: UnitFraction
+    explain: Bool
+    explain_samples: PositiveInt
+    explain_method: Literal["integrated_gradients", "gradient_x_input"]
+    explain_steps: PositiveInt
+    explain_errors: PositiveInt
+    explain_repeats: PositiveInt
 
 
 class RegisterParams(_Section):
-    model_name: str = Field("nnops-mlp", min_length=1)
-    min_test_accuracy: UnitFraction = 0.9
-    require_good_fit: bool = True
-    compare_to_champion: bool = True
-    max_regression: UnitFraction = 0.0
-    challenger_alias: bool = True
+    model_name: Name
+    min_test_accuracy: UnitFraction
+    require_good_fit: Bool
+    compare_to_champion: Bool
+    max_regression: UnitFraction
+    challenger_alias: Bool
 
 
 class MlflowParams(_Section):
-    tracking_uri: str | None = None
-    experiment: str = Field("nnops", min_length=1)
-    connect_timeout_s: Annotated[float, Field(gt=0.0, le=30.0)] = 10.0
+    tracking_uri: str | None
+    experiment: Name
+    connect_timeout_s: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, le=30.0)]
 
 
 class Params(_Section):
     """The whole of ``params.yaml``; ``validate`` and ``register`` are read as
     ``params.validate_`` and ``params.register_`` (the plain names belong to pydantic)."""
 
-    data: DataParams = DataParams()
-    split: SplitParams = SplitParams()
-    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
-    preprocess: PreprocessParams = PreprocessParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    register_: RegisterParams = Field(RegisterParams(), alias="register")
-    mlflow: MlflowParams = MlflowParams()
+    data: DataParams
+    split: SplitParams
+    validate_: ValidateParams = Field(alias="validate")
+    preprocess: PreprocessParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    register_: RegisterParams = Field(alias="register")
+    mlflow: MlflowParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -43,6 +43,8 @@ class ReportInputs:
     """What the stages wrote, already read from disk; ``None`` marks an input that is missing."""
 
     params: Params
+    baseline: Params | None = None
+    """The committed ``params.yaml`` (git HEAD) this run's params are compared with."""
     validation: Mapping[str, Any] | None = None
     metrics: Mapping[str, Any] | None = None
     evaluation: Mapping[str, Any] | None = None
@@ -65,13 +67,19 @@ class Report:
     figures: dict[str, bytes]
 
 
-def params_diff(params: Params) -> list[dict[str, Any]]:
-    """Every param whose value differs from the built-in default, by dotted name.
+def params_diff(params: Params, baseline: Params | None) -> list[dict[str, Any]]:
+    """Every param whose value differs from the committed ``params.yaml``, by dotted name.
+
+    Code holds no defaults: the baseline is the params file of the commit the run was made from
+    (an experiment's changes show here); no baseline, no rows.
 
     Args:
         params: the params of this run.
+        baseline: the committed params, if they could be read.
     """
-    defaults = Params().flat()
+    if baseline is None:
+        return []
+    defaults = baseline.flat()
     current = params.flat()
     rows = []
     for key in sorted(set(defaults) | set(current)):
@@ -213,7 +221,7 @@ def _view(inputs: ReportInputs, figures: Mapping[str, bytes]) -> dict[str, Any]:
         "validation_success": (inputs.validation or {}).get("success"),
         "expectations": expectations,
         "failed_expectations": failed,
-        "params_diff": params_diff(inputs.params),
+        "params_diff": params_diff(inputs.params, inputs.baseline),
         "has_history": inputs.history is not None,
         "metrics": metrics,
         "splits": splits,
@@ -300,11 +308,11 @@ _HTML = """<!doctype html>
 </section>
 
 <section id="params">
-<h2>Params that differ from the defaults</h2>
-{% if params_diff %}<table><tr><th>param</th><th>default</th><th>this run</th></tr>
+<h2>Params that differ from the committed params.yaml</h2>
+{% if params_diff %}<table><tr><th>param</th><th>committed</th><th>this run</th></tr>
 {% for p in params_diff %}<tr><td><code>{{ p.key }}</code></td><td>{{ fmt(p.default) }}</td>
 <td><b>{{ fmt(p.value) }}</b></td></tr>{% endfor %}</table>
-{% else %}<p>All params are at their defaults.</p>{% endif %}
+{% else %}<p>All params are as committed.</p>{% endif %}
 </section>
 
 <section id="learning-curves">
@@ -485,12 +493,12 @@ def render_markdown(view: Mapping[str, Any]) -> str:
         rows = [[e.get("name"), e.get("column"), e.get("observed"), e.get("bound")]
                 for e in view["failed_expectations"]]  # fmt: skip
         out += _md_table(["expectation", "column", "observed", "bound"], rows) + [""]
-    out += ["### Params that differ from the defaults", ""]
+    out += ["### Params that differ from the committed params.yaml", ""]
     if view["params_diff"]:
         rows = [[f"`{p['key']}`", p["default"], p["value"]] for p in view["params_diff"]]
         out += _md_table(["param", "default", "this run"], rows) + [""]
     else:
-        out += ["All params are at their defaults.", ""]
+        out += ["All params are as committed.", ""]
     if view["flagged"]:
         out += ["### Flagged slices and classes", ""]
         rows = [[r["column"], r["value"], r["support"], r["accuracy"], r["gap"]]
@@ -594,6 +602,33 @@ def git_lineage(root: Path) -> dict[str, str]:
     return {"git_commit": commit, "git_state": "uncommitted changes" if dirty else "clean"}
 
 
+def committed_params(root: Path) -> Params | None:
+    """The ``params.yaml`` of the commit checked out at ``root``; None when there is none.
+
+    Args:
+        root: the repository root.
+    """
+    import subprocess
+
+    import yaml
+
+    from nnops.config import ConfigError, parse_params
+
+    try:
+        proc = subprocess.run(
+            ["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True, text=True,
+            timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    try:
+        return parse_params(yaml.safe_load(proc.stdout), "HEAD:params.yaml")
+    except (ConfigError, yaml.YAMLError):
+        return None  # committed before a params change: nothing comparable
+
+
 def load_inputs(
     params: Params,
     validation: Path,
@@ -605,6 +640,7 @@ def load_inputs(
     run: Path,
     data_meta: Path,
     lineage: Mapping[str, Any],
+    baseline: Params | None = None,
 ) -> ReportInputs:
     """Read every stage output the report shows; a missing file becomes a visible gap.
 
@@ -619,10 +655,12 @@ def load_inputs(
         run: ``models/run.json``.
         data_meta: ``data/processed/meta.json``.
         lineage: git and run context gathered by the stage.
+        baseline: the committed params, to list what this run changed.
     """
     images = {p.name: p.read_bytes() for p in sorted(explain.glob("*.png"))}
     return ReportInputs(
         params=params,
+        baseline=baseline,
         validation=_read_optional_json(validation / "validation.json"),
         metrics=_read_optional_json(metrics),
         evaluation=_read_optional_json(evaluation),

@@ -115,7 +115,7 @@ for kind, strategy in [
     ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
 ]:
     keras.utils.set_random_seed(3)
-    params = TrainParams(epochs=2, batch_size=30, input_pipeline="tf_data", distribute=kind)
+    params = section("train", epochs=2, batch_size=30, input_pipeline="tf_data", distribute=kind)
     runtime = Runtime(strategy, kind, int(strategy.num_replicas_in_sync), True, 0)
     model, result = fit(data, params, runtime, backup_dir=None)
     weights[kind] = [w.tolist() for w in model.get_weights()]

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from conftest import section
 from nnops import ingest
-from nnops.config import DataParams
 from nnops.errors import NnopsError
 
 pytestmark = pytest.mark.unit
@@ -80,7 +81,7 @@ def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
 
 
 def test_digits_is_the_bundled_8x8_set_with_its_pixel_range():
-    raw = ingest.load(DataParams())
+    raw = ingest.load(section("data"))
     assert raw.frame.shape == (1797, 64 + 2)
     assert list(raw.frame.columns[:2]) == ["px_0", "px_1"]
     assert raw.frame["px_0"].dtype == np.uint8 and raw.frame["label"].dtype == np.int64
@@ -173,7 +174,7 @@ def test_labels_that_are_not_classes_are_refused():
 
 def test_exclude_columns_outside_csv_is_refused():
     with pytest.raises(NnopsError, match="applies only to data.source=csv"):
-        ingest.load(DataParams(source="digits", exclude_columns=("city",)))
+        ingest.load(section("data", source="digits", exclude_columns=("city",)))
 
 
 def test_missing_text_in_a_slice_column_is_kept_and_hashed(tmp_path: Path):
@@ -210,7 +211,7 @@ def test_url_download_is_cached_and_checked(http_root, tmp_path: Path):
     base, served = http_root
     data = write_csv(served / "people.csv")
     digest = hashlib.sha256(data.read_bytes()).hexdigest()
-    params = DataParams(
+    params = section("data",
         source="csv", url=f"{base}/people.csv", sha256=digest, label_column="species",
         exclude_columns=("city",), cache_dir=str(tmp_path / "cache"),
     )  # fmt: skip
@@ -225,7 +226,7 @@ def test_url_download_is_cached_and_checked(http_root, tmp_path: Path):
 def test_npz_download(http_root, tmp_path: Path):
     base, served = http_root
     write_npz(served / "mini.npz")
-    params = DataParams(source="npz", url=f"{base}/mini.npz", cache_dir=str(tmp_path / "c"))
+    params = section("data", source="npz", url=f"{base}/mini.npz", cache_dir=str(tmp_path / "c"))
     assert ingest.load(params).meta["has_test_split"]
 
 
@@ -249,7 +250,9 @@ def test_http_error_names_url_and_status(http_root, tmp_path: Path):
 def run_ingest(tmp_path: Path, params_yaml: str) -> tuple[subprocess.CompletedProcess, list]:
     """Run pipelines/ingest.py in a fresh interpreter; return it and the heavy modules loaded."""
     params = tmp_path / "params.yaml"
-    params.write_text(params_yaml)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(yaml.safe_load(params_yaml)["data"])  # the real file, data edited
+    params.write_text(yaml.safe_dump(raw))
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['ingest', '--out', {str(tmp_path / 'raw')!r}, '--params', {str(params)!r}]\n"

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import section
 from nnops import register as reg
-from nnops.config import RegisterParams
 
 pytestmark = pytest.mark.unit
 
-P = RegisterParams(
+P = section(
+    "register",
     model_name="m",
     min_test_accuracy=0.9,
     require_good_fit=True,

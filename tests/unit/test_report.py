@@ -7,9 +7,11 @@ import io
 import re
 
 import pytest
+import yaml
 
+from conftest import REPO, repo_params
 from nnops import report as rp
-from nnops.config import Params, parse_params
+from nnops.config import parse_params
 
 pytestmark = pytest.mark.unit
 
@@ -22,9 +24,17 @@ def _tiny_png(color: str) -> bytes:
     return buf.getvalue()
 
 
+def _params(overrides: dict):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section_name, values in overrides.items():
+        raw[section_name].update(values)
+    return parse_params(raw)
+
+
 def _inputs(**overrides) -> rp.ReportInputs:
     base = dict(
-        params=parse_params({"train": {"epochs": 3, "learning_rate": 0.01}}),
+        params=_params({"train": {"epochs": 3, "learning_rate": 0.01}}),
+        baseline=repo_params(),
         validation={
             "success": False,
             "expectations": [
@@ -103,12 +113,15 @@ def test_images_are_inlined_and_decode():
 
 
 def test_params_diff_lists_only_changed_keys():
-    rows = rp.params_diff(parse_params({"train": {"epochs": 3}, "evaluate": {"slice_by": ["a"]}}))
+    changed = _params({"train": {"epochs": 3}, "evaluate": {"slice_by": ["a"]}})
+    rows = rp.params_diff(changed, repo_params())
+    committed = repo_params()
     assert rows == [
-        {"key": "evaluate.slice_by", "default": [], "value": ["a"]},
-        {"key": "train.epochs", "default": 20, "value": 3},
+        {"key": "evaluate.slice_by", "default": list(committed.evaluate.slice_by), "value": ["a"]},
+        {"key": "train.epochs", "default": committed.train.epochs, "value": 3},
     ]
-    assert rp.params_diff(Params()) == []
+    assert rp.params_diff(repo_params(), repo_params()) == []
+    assert rp.params_diff(changed, None) == []
 
 
 def test_params_section_shows_the_changes():
@@ -154,7 +167,7 @@ def test_csv_run_shows_importances():
 
 
 def test_missing_inputs_leave_visible_gaps():
-    report = rp.build_report(rp.ReportInputs(params=Params()))
+    report = rp.build_report(rp.ReportInputs(params=repo_params()))
     for section in ("validation", "learning-curves", "fit", "metrics", "confusion", "explain"):
         assert 'class="muted"' in _section(report.html, section), section
     assert "<img" not in report.html

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nnops.config import MlflowParams
+from conftest import section
 from nnops.errors import NnopsError
 from nnops.tracking import (
     EpochLogger,
@@ -54,11 +54,11 @@ def test_uri_precedence_env_then_params_then_embedded(tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    default = resolve_tracking_uri(MlflowParams())
+    default = resolve_tracking_uri(section("mlflow"))
     assert default == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert resolve_tracking_uri(MlflowParams(tracking_uri="http://h:1")) == "http://h:1"
+    assert resolve_tracking_uri(section("mlflow", tracking_uri="http://h:1")) == "http://h:1"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:2")
-    assert resolve_tracking_uri(MlflowParams(tracking_uri="http://h:1")) == "http://env:2"
+    assert resolve_tracking_uri(section("mlflow", tracking_uri="http://h:1")) == "http://env:2"
 
 
 def test_queued_experiments_use_the_main_repository_store(tmp_path, monkeypatch):
@@ -67,7 +67,7 @@ def test_queued_experiments_use_the_main_repository_store(tmp_path, monkeypatch)
     (copy / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(copy)
     monkeypatch.setenv("DVC_ROOT", str(main))
-    assert resolve_tracking_uri(MlflowParams()) == f"sqlite:///{main.resolve()}/mlflow.db"
+    assert resolve_tracking_uri(section("mlflow")) == f"sqlite:///{main.resolve()}/mlflow.db"
 
 
 def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
@@ -75,7 +75,7 @@ def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     start = time.monotonic()
     with pytest.raises(NnopsError, match=uri.replace(".", r"\.")):
-        connect(MlflowParams(connect_timeout_s=5))
+        connect(section("mlflow", connect_timeout_s=5))
     assert time.monotonic() - start < 30
 
 
@@ -89,7 +89,7 @@ def test_hung_server_fails_within_30_seconds_naming_the_uri(monkeypatch):
             monkeypatch.delenv(key, raising=False)
         start = time.monotonic()
         with pytest.raises(NnopsError, match=f"{uri.replace('.', '[.]')} did not answer"):
-            connect(MlflowParams(connect_timeout_s=2))
+            connect(section("mlflow", connect_timeout_s=2))
         assert time.monotonic() - start < 30
 
 

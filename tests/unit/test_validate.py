@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,8 +14,8 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
+from conftest import section
 from nnops import validate
-from nnops.config import SplitParams, ValidateParams
 from nnops.ingest import RawData, from_arrays, read_raw, write_raw
 
 pytestmark = pytest.mark.unit
@@ -35,8 +36,8 @@ def check(tmp_path: Path, raw: RawData, **overrides: object) -> dict:
     """Write ``raw`` as a raw data file, read it back and validate it like the stage does."""
     write_raw(raw, tmp_path / "raw")
     back = read_raw(tmp_path / "raw")
-    prof = validate.profile(back.frame, back.meta, SplitParams())
-    checks = validate.build_checks(prof, ValidateParams(**overrides), back.meta)
+    prof = validate.profile(back.frame, back.meta, section("split"))
+    checks = validate.build_checks(prof, section("validate", **overrides), back.meta)
     return validate.summarise(prof, checks, validate.run_suites(prof, checks), back.meta)
 
 
@@ -159,8 +160,8 @@ def test_params_bounds_override_the_source_range(tmp_path: Path):
 
 
 def test_csv_without_bounds_has_no_range_checks():
-    assert validate.value_bounds(ValidateParams(), {"value_range": None}) == (None, None)
-    assert validate.value_bounds(ValidateParams(value_min=-1), {"value_range": [0, 255]}) == (
+    assert validate.value_bounds(section("validate"), {"value_range": None}) == (None, None)
+    assert validate.value_bounds(section("validate", value_min=-1), {"value_range": [0, 255]}) == (
         -1, 255,
     )  # fmt: skip
 
@@ -186,7 +187,7 @@ def test_html_report_shows_each_expectation(tmp_path: Path):
 
 def run_stage(tmp_path: Path, raw: RawData) -> subprocess.CompletedProcess:
     write_raw(raw, tmp_path / "raw")
-    (tmp_path / "params.yaml").write_text("{}\n")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "raw", "--out", "out"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
 
@@ -211,7 +212,7 @@ def test_stage_passes_clean_data_and_writes_no_gx_project(tmp_path: Path):
 
 
 def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path):
-    (tmp_path / "params.yaml").write_text("{}\n")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "nowhere", "--out", "out"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
