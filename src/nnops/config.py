@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nnops.secrets import redact_text
+
 PARAMS_FILE = "params.yaml"
 
 
@@ -47,6 +49,8 @@ class DataParams(_Section):
     source: Source
     path: str | None
     url: str | None
+    url_env: str | None
+    auth_env: str | None
     sha256: str | None
     label_column: Name
     exclude_columns: tuple[str, ...]
@@ -54,10 +58,15 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> DataParams:
-        if self.source in ("npz", "csv") and not (self.path or self.url):
+        if self.source in ("npz", "csv") and not (self.path or self.url or self.url_env):
             raise ValueError(
                 f"data.source={self.source!r} needs data.path (a local file) or data.url "
                 "(a download source); received neither"
+            )
+        if self.url and self.url_env:
+            raise ValueError(
+                "data.url and data.url_env both set; give the URL in one place (data.url_env "
+                "names an environment variable holding a URL that carries a secret)"
             )
         return self
 
@@ -201,8 +210,11 @@ class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def flat(self) -> dict[str, Any]:
-        """Return every param under its dotted ``params.yaml`` name."""
-        return dict(_flatten(self.model_dump(mode="json", by_alias=True)))
+        """Return every param under its dotted ``params.yaml`` name, URL secrets masked."""
+        return {
+            key: redact_text(value) if isinstance(value, str) else value
+            for key, value in _flatten(self.model_dump(mode="json", by_alias=True))
+        }
 
 
 def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -25,6 +25,14 @@ import pandas as pd
 from nnops.config import DataParams
 from nnops.errors import NnopsError
 from nnops.io import atomic_path
+from nnops.secrets import (
+    auth_header,
+    basic_auth,
+    from_env,
+    redact_text,
+    redact_url,
+    split_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -269,48 +277,94 @@ def from_table(
 # ---------------------------------------------------------------- readers (files, network)
 
 
-def fetch(url: str, cache_dir: str | Path, sha256: str | None = None, timeout: float = 60) -> Path:
+def fetch(
+    url: str,
+    cache_dir: str | Path,
+    sha256: str | None = None,
+    timeout: float = 60,
+    authorization: str | None = None,
+) -> Path:
     """Download ``url`` into ``cache_dir`` once and return the cached file.
 
     A cached copy is reused when it exists (and matches ``sha256`` when one is given). A
-    download that fails or does not match the checksum leaves nothing behind.
+    download that fails or does not match the checksum leaves nothing behind. Credentials in
+    the URL (``user:password@host``) are sent as HTTP basic authentication, never as part of the
+    host name; messages and logs show the URL with its secrets masked.
 
     Args:
         url: an http(s) or file URL.
         cache_dir: the download cache directory.
         sha256: the expected sha256 hex digest of the file, if known.
         timeout: seconds to wait for the server.
+        authorization: an ``Authorization`` header value (from ``data.auth_env``).
     """
-    name = Path(urllib.parse.urlparse(url).path).name or "download"
-    key = hashlib.sha256(url.encode()).hexdigest()[:12]
+    shown = redact_url(url)
+    bare, credentials = split_credentials(url)
+    if credentials is not None and authorization is None:
+        authorization = basic_auth(*credentials)
+    name = Path(urllib.parse.urlparse(bare).path).name or "download"
+    key = hashlib.sha256(bare.encode()).hexdigest()[:12]
     target = Path(cache_dir) / f"{key}-{name}"
     expected = sha256.lower() if sha256 else None
     if target.exists():
         if expected is None or _sha256(target) == expected:
-            log.info("using cached %s for %s", target, url)
+            log.info("using cached %s for %s", target, shown)
             return target
         log.info("cached %s does not match data.sha256; downloading again", target)
-    log.info("downloading %s", url)
+    log.info("downloading %s", shown)
+    request = urllib.request.Request(bare)
+    if authorization:
+        request.add_unredirected_header("Authorization", authorization)
     try:
         with atomic_path(target) as tmp:
             digest = hashlib.sha256()
-            with urllib.request.urlopen(url, timeout=timeout) as response, tmp.open("wb") as out:
+            with (
+                urllib.request.urlopen(request, timeout=timeout) as response,
+                tmp.open("wb") as out,
+            ):
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     out.write(chunk)
             if expected is not None and digest.hexdigest() != expected:
                 raise NnopsError(
-                    f"data.url {url}: sha256 is {digest.hexdigest()}, expected {expected} "
+                    f"data.url {shown}: sha256 is {digest.hexdigest()}, expected {expected} "
                     "(data.sha256); the download was discarded"
                 )
     except urllib.error.HTTPError as exc:
+        hint = (
+            "; the server wants credentials: put them in an environment variable named by "
+            "data.auth_env (README, 'Secrets')"
+            if exc.code in (401, 403)
+            else ""
+        )
         raise NnopsError(
-            f"data.url {url}: download failed (HTTP {exc.code} {exc.reason})"
+            f"data.url {shown}: download failed (HTTP {exc.code} {exc.reason}){hint}"
         ) from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise NnopsError(f"data.url {url}: download failed ({reason})") from None
+        raise NnopsError(
+            f"data.url {shown}: download failed ({redact_text(str(reason))})"
+        ) from None
     return target
+
+
+def download_source(params: DataParams) -> tuple[str, str | None]:
+    """The URL to download and the ``Authorization`` header, secrets read from the environment.
+
+    Args:
+        params: the ``data`` params section (``url`` or ``url_env``, optional ``auth_env``).
+    """
+    try:
+        url = from_env(params.url_env, "data.url_env") if params.url_env else str(params.url)
+        auth = auth_header(from_env(params.auth_env, "data.auth_env")) if params.auth_env else None
+    except KeyError as exc:
+        raise NnopsError(str(exc.args[0])) from None
+    if params.url and redact_url(params.url) != params.url:
+        log.warning(
+            "data.url carries a secret (credentials or a query); params.yaml and dvc.lock keep "
+            "it verbatim: name environment variables in data.url_env / data.auth_env instead"
+        )
+    return url, auth
 
 
 def _sha256(path: Path) -> str:
@@ -417,7 +471,11 @@ def load(params: DataParams) -> RawData:
     if params.source in ("mnist", "fashion_mnist"):
         return load_keras(params.source, params.cache_dir)
     # config guarantees a path or a url for npz and csv
-    path = fetch(params.url, params.cache_dir, params.sha256) if params.url else Path(params.path)
+    if params.url or params.url_env:
+        url, auth = download_source(params)
+        path = fetch(url, params.cache_dir, params.sha256, authorization=auth)
+    else:
+        path = Path(params.path)
     if params.source == "npz":
         return read_npz(path)
     return read_csv(path, params.label_column, params.exclude_columns)

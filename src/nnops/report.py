@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nnops.config import Params
+from nnops.secrets import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def _view(inputs: ReportInputs, figures: Mapping[str, bytes]) -> dict[str, Any]:
         "processed data hash": meta.get("data_hash"),
         "MLflow run id": run.get("run_id"),
         "MLflow experiment id": run.get("experiment_id"),
-        "MLflow tracking URI": run.get("tracking_uri"),
+        "MLflow tracking URI": redact_text(str(run.get("tracking_uri") or "")),
         "model URI": run.get("model_uri"),
         "generated": inputs.lineage.get("generated_at"),
     }

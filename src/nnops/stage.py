@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from nnops.config import ConfigError, Params, load_params
 from nnops.errors import NnopsError
+from nnops.secrets import RedactingFilter, redact_text
 
 log = logging.getLogger("nnops")
 
@@ -39,6 +40,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())  # no URL credentials or tokens in any log line
     root = logging.getLogger("nnops")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -67,7 +69,7 @@ def run_stage(
         params = load_params(args.params)
         main(args, params)
     except (ConfigError, NnopsError) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
