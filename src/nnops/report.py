@@ -215,6 +215,7 @@ def _view(inputs: ReportInputs, figures: Mapping[str, bytes]) -> dict[str, Any]:
         "MLflow tracking URI": redact_text(str(run.get("tracking_uri") or "")),
         "model URI": run.get("model_uri"),
         "generated": inputs.lineage.get("generated_at"),
+        "runs closed as KILLED (their process died)": inputs.lineage.get("closed_runs"),
     }
     return {
         "title": f"nnops run report: {meta.get('source', 'unknown source')}",

@@ -456,7 +456,15 @@ def test_dvc_repro_makes_a_champion_and_a_worse_rerun_does_not_replace_it(tmp_pa
     run(["git", "commit", "-qm", "first model"], cwd=root)
 
     # A worse model: one epoch of a tiny network. The gate stops it; the champion stays.
-    set_params(root, {"train": {"epochs": 1, "hidden_layers": [{"units": 4}]}})
+    set_params(
+        root,
+        {
+            "train": {
+                "epochs": 1,
+                "hidden_layers": [{"units": 4, "activation": "relu", "dropout": 0.0}],
+            }
+        },
+    )
     dvc("repro", cwd=root)
     registry = json.loads((root / "reports" / "registry.json").read_text())
     assert registry["promoted"] is False and registry["version"] == "2", registry
