@@ -277,6 +277,65 @@ def from_table(
 # ---------------------------------------------------------------- readers (files, network)
 
 
+def input_file(path: str | Path, what: str) -> Path:
+    """Return ``path`` if it is a readable file; else fail saying which of the usual things it is.
+
+    Args:
+        path: the file.
+        what: what it should be, e.g. ``"a csv file (data.path)"``.
+    """
+    path = Path(path)
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        raise NnopsError(f"{path}: symlink loop; expected {what}") from None
+    except FileNotFoundError:
+        if path.is_symlink():
+            target = os.readlink(path)
+            raise NnopsError(f"{path}: broken symlink to {target}; expected {what}") from None
+        raise NnopsError(f"{path}: not found; expected {what}") from None
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP
+            raise NnopsError(f"{path}: symlink loop; expected {what}") from None
+        raise NnopsError(f"{path}: cannot be opened ({exc.strerror}); expected {what}") from None
+    if path.is_dir():
+        raise NnopsError(f"{path}: is a directory; expected {what}")
+    if not path.is_file():
+        raise NnopsError(f"{path}: is not a regular file; expected {what}")
+    if not os.access(path, os.R_OK):
+        raise NnopsError(f"{path}: permission denied; expected {what}, readable")
+    return path
+
+
+def csv_header(path: Path) -> list[str]:
+    """Read the header line of a CSV, refusing duplicated column names (pandas would rename the
+    second ``x`` to ``x.1`` without a word).
+
+    Args:
+        path: the CSV file.
+    """
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), None)
+    except UnicodeDecodeError as exc:
+        raise NnopsError(f"{path}: cannot parse as CSV ({exc})") from None
+    except csv.Error as exc:
+        raise NnopsError(f"{path}: cannot parse the header as CSV ({exc})") from None
+    if header is None:
+        raise NnopsError(f"{path}: the file is empty")
+    seen: set[str] = set()
+    for i, name in enumerate(header):
+        if name in seen:
+            raise NnopsError(
+                f"{path}: column {name!r} appears more than once in the header (again as column "
+                f"{i + 1}); give each column its own name"
+            )
+        seen.add(name)
+    return header
+
+
 def fetch(
     url: str,
     cache_dir: str | Path,
@@ -382,9 +441,7 @@ def read_npz(path: str | Path, source: str = "npz") -> RawData:
         path: the ``.npz`` file.
         source: the source name recorded in the metadata.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise NnopsError(f"{path}: npz file not found (data.path)")
+    path = input_file(path, "an npz file (data.path)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in NPZ_KEYS if k not in npz.files]
@@ -411,9 +468,8 @@ def read_csv(path: str | Path, label_column: str, exclude_columns: Sequence[str]
         label_column: the column that holds the class label.
         exclude_columns: columns kept for slicing, not used as features.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise NnopsError(f"{path}: csv file not found (data.path)")
+    path = input_file(path, "a csv file (data.path)")
+    csv_header(path)
     try:
         table = pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError:

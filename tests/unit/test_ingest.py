@@ -108,7 +108,7 @@ def test_npz_missing_key_names_the_key_and_file(tmp_path: Path):
 
 
 def test_npz_missing_file_names_the_file(tmp_path: Path):
-    with pytest.raises(NnopsError, match=r"nothere\.npz: npz file not found"):
+    with pytest.raises(NnopsError, match=r"nothere\.npz: not found; expected an npz file"):
         ingest.read_npz(tmp_path / "nothere.npz")
 
 
@@ -152,7 +152,7 @@ def test_csv_one_bad_cell_in_a_numeric_column_is_reported(tmp_path: Path):
 
 
 def test_csv_missing_file_and_unknown_excluded_column(tmp_path: Path):
-    with pytest.raises(NnopsError, match=r"absent\.csv: csv file not found"):
+    with pytest.raises(NnopsError, match=r"absent\.csv: not found; expected a csv file"):
         ingest.read_csv(tmp_path / "absent.csv", "label")
     with pytest.raises(NnopsError, match=r"exclude_columns names \['town'\]"):
         ingest.read_csv(write_csv(tmp_path / "d.csv"), "species", ["town"])
@@ -407,3 +407,27 @@ def test_a_token_url_from_the_environment_never_reaches_dvc_lock_or_the_log(auth
     assert "PEOPLE_URL" in lock and TOKEN not in lock
     assert TOKEN not in proc.stdout + proc.stderr
     assert TOKEN not in (project / "params.yaml").read_text()
+
+
+def test_a_duplicated_csv_header_is_refused_naming_the_column(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text("x,y,x,label\n1,2,3,a\n4,5,6,b\n")
+    with pytest.raises(NnopsError, match=r"d\.csv: column 'x' appears more than once in the "
+                                         r"header \(again as column 3\)"):  # fmt: skip
+        ingest.read_csv(path, "label")
+
+
+def test_directory_missing_file_and_symlink_loop_are_told_apart(tmp_path: Path):
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "loop.csv").symlink_to(tmp_path / "loop.csv")
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "gone.csv")
+    messages = {}
+    for name in ("folder.csv", "absent.csv", "loop.csv", "dangling.csv"):
+        with pytest.raises(NnopsError) as err:
+            ingest.read_csv(tmp_path / name, "label")
+        messages[name] = str(err.value)
+    assert "folder.csv: is a directory; expected a csv file (data.path)" in messages["folder.csv"]
+    assert "absent.csv: not found; expected a csv file" in messages["absent.csv"]
+    assert "loop.csv: symlink loop; expected a csv file" in messages["loop.csv"]
+    assert "dangling.csv: broken symlink to " in messages["dangling.csv"]
+    assert len(set(messages.values())) == 4

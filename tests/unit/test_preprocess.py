@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import section
+from conftest import REPO, section
 from nnops import preprocess
 from nnops.errors import NnopsError
 from nnops.ingest import from_arrays, from_table
@@ -127,3 +130,31 @@ def test_refuses_failed_or_stale_validation():
     with pytest.raises(NnopsError, match="rerun validate"):
         preprocess.check_validation({"success": True, "content_hash": "old"}, meta, "v.json")
     preprocess.check_validation({"success": True, "content_hash": "abc"}, meta, "v.json")
+
+
+def test_a_class_only_in_the_test_split_is_reported_with_a_warning(tmp_path: Path):
+    """A source whose own test split holds a class its training split lacks."""
+    rng = np.random.default_rng(0)
+    raw = from_arrays(
+        "npz", rng.integers(0, 256, (60, 3, 3)), np.arange(60) % 2,
+        rng.integers(0, 256, (12, 3, 3)), np.arange(12) % 3, value_range=(0.0, 255.0),
+    )  # fmt: skip
+    arrays, spec = preprocess.make_splits(raw.frame, raw.meta, section("split"), "auto")
+    assert preprocess.test_only_classes(arrays, raw.meta["class_names"]) == {"2": 4}
+    meta = preprocess.processed_meta(raw.meta, arrays, spec, [])
+    assert meta["test_only_classes"] == {"2": 4}
+    # The stage says so (a warning line naming the class), and still writes its outputs.
+    from nnops.ingest import write_raw
+    from nnops.io import write_json
+
+    write_raw(raw, tmp_path / "raw")
+    write_json(tmp_path / "val/validation.json", {"success": True,
+               "content_hash": raw.meta["content_hash"]})  # fmt: skip
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines/preprocess.py"), "--raw", "raw",
+         "--validation", "val", "--out", "out"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "class '2' has 4 test row(s) but no training rows" in proc.stderr

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import section
+from conftest import REPO, section
 from nnops.errors import NnopsError
 from nnops.tracking import (
     EpochLogger,
@@ -185,3 +189,55 @@ def test_resume_run_names_a_missing_store_or_run(tmp_path):
         pass
     kind = MlflowClient(uri).get_experiment(exp).tags.get("mlflow.experimentKind")
     assert kind == "custom_model_development"
+
+
+@pytest.fixture
+def store_with_a_run(tmp_path, monkeypatch):
+    """A real embedded store with one run, and the files a later stage reads."""
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    info = start_training_run(uri, "e", {"a": 1}, {})
+    write_run_info(tmp_path / "run.json", dataclasses.replace(info, model_uri="models:/m-1"))
+    (tmp_path / "metrics.json").write_text('{"test": {"accuracy": 0.5}}')
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return db
+
+
+@pytest.mark.parametrize("damage", ["half_truncated", "zero_bytes", "not_sqlite"])
+def test_a_damaged_store_gives_one_line_naming_the_file(store_with_a_run: Path, damage: str):
+    db = store_with_a_run
+    if damage == "half_truncated":
+        with db.open("r+b") as fh:
+            fh.truncate(db.stat().st_size // 2)
+        expected = f"{db}: the MLflow store is damaged ("
+    elif damage == "zero_bytes":
+        db.write_bytes(b"")
+        expected = f"{db}: the MLflow store is an empty file (0 bytes)"
+    else:
+        db.write_text("hello")
+        expected = f"{db}: the MLflow store is not an sqlite database"
+    size = db.stat().st_size
+    with pytest.raises(NnopsError) as err:
+        connect(section("mlflow", tracking_uri=f"sqlite:///{db}"))
+    assert str(err.value).startswith(expected) and "restore it from a backup" in str(err.value)
+    # The register stage (a later stage reading the store) says the same in one line, exit 2.
+    cmd = [
+        sys.executable,
+        str(REPO / "pipelines/register.py"),
+        "--run",
+        "run.json",
+        "--metrics",
+        "metrics.json",
+        "--data",
+        "nowhere",
+        "--out",
+        "registry.json",
+    ]
+    proc = subprocess.run(cmd, cwd=db.parent, capture_output=True, text=True)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert db.stat().st_size == size  # never replaced by a silent fresh store
+    assert not (db.parent / "registry.json").exists()
