@@ -576,8 +576,15 @@ def end_interrupted(info: RunInfo, exc: BaseException, epoch: int) -> None:
     Args:
         info: the run.
         exc: what stopped it (``KeyboardInterrupt`` for SIGINT and SIGTERM).
-        epoch: the last epoch logged to the run.
+        epoch: the last epoch this process counted as logged (the run's own history wins).
     """
+    try:  # what the run holds: a signal may land between logging an epoch and counting it
+        from mlflow import MlflowClient
+
+        steps = MlflowClient(info.tracking_uri).get_metric_history(info.run_id, "loss")
+        epoch = max([epoch, *(int(m.step) for m in steps)])
+    except Exception:  # the store is unreachable: keep the count we have
+        pass
     if isinstance(exc, KeyboardInterrupt):
         what = f"stopped by {exc.args[0] if exc.args else 'SIGINT'} at epoch {epoch}"
         status = "KILLED"

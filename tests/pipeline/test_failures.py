@@ -36,7 +36,10 @@ KEPT = (
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_project(tmp_path_factory.mktemp("failures") / "repo", {"train": {"epochs": 3}})
+    # A permissive gate, so that the digits model becomes @champion after three epochs.
+    gate = {"min_test_accuracy": 0.5, "require_good_fit": False}
+    params = {"train": {"epochs": 3}, "register": gate}
+    root = make_project(tmp_path_factory.mktemp("failures") / "repo", params)
     dvc("repro", cwd=root)
     return root
 
@@ -154,6 +157,7 @@ def test_switching_to_a_csv_source_registers_a_new_lineage(digits: Path):
     set_params(digits, {"data": {"source": "csv", "path": "iris.csv", "label_column": "species"},
                         "validate": {"drift_max_ks": 0.5},
                         "train": {"epochs": 20}})  # fmt: skip
+    assert json.loads((digits / "reports/registry.json").read_text())["alias"] == "champion"
     proc = dvc("repro", cwd=digits)
     log = proc.stdout + proc.stderr
     registry = json.loads((digits / "reports/registry.json").read_text())
