@@ -65,6 +65,10 @@ def check_store(uri: str) -> None:
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
             result = db.execute("PRAGMA quick_check(1)").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return  # another stage is writing (queued experiments): the store is in use, not bad
+        raise NnopsError(f"{path}: the MLflow store cannot be read ({exc}); {what_to_do}") from None
     except sqlite3.DatabaseError as exc:
         raise NnopsError(f"{path}: the MLflow store is damaged ({exc}); {what_to_do}") from None
     if not result or result[0] != "ok":

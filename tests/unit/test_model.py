@@ -179,7 +179,9 @@ def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path, early_stopping
         "train",
         epochs=4,
         hidden_layers=(HiddenLayer(units=16, activation="relu", dropout=0.3),),
-        early_stopping={"enabled": early_stopping, "patience": 3, "monitor": "val_accuracy"},
+        early_stopping=section(
+            "train.early_stopping", enabled=early_stopping, patience=3, monitor="val_accuracy"
+        ),
     )
 
     class Stop(keras.callbacks.Callback):
