@@ -90,10 +90,12 @@ def csv_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  "exclude_columns": ["region"]},
         "validate": {"drift_max_ks": 0.25},  # small random test split: KS noise alone ~0.1
         "train": {"epochs": 15},
-        "evaluate": {"slice_by": ["region"], "explain_repeats": 3},
+        "evaluate": {"explain_repeats": 3},
         "register": {"min_test_accuracy": 0.3, "require_good_fit": False},
     }  # fmt: skip
     make_project(root, params)
+    # An uncommitted change, as an experiment makes: the report lists it against the commit.
+    set_params(root, {"evaluate": {"slice_by": ["region"]}})
     dvc("repro", cwd=root)
     return root
 
