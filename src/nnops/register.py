@@ -590,8 +590,7 @@ def _decide(
         }
     gates = [] if already else gate_checks(test_accuracy, verdict, params, champion)
     promoted = already or all(g.passed for g in gates)
-    first = previous is None or new_lineage is not None
-    reason = "already champion" if already else decision_reason(gates, first)
+    reason = "already champion" if already else decision_reason(gates, previous is None)
     if new_lineage and not already:
         reason += f" ({new_lineage})"
     if not already:
