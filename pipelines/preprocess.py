@@ -27,6 +27,12 @@ def main(args: argparse.Namespace, params: Params) -> None:
     )
     meta = preprocess.processed_meta(raw.meta, arrays, spec, slices)
     preprocess.write_processed(args.out, arrays, spec, meta)
+    for name, rows in meta["test_only_classes"].items():
+        log.warning(
+            "class %r has %d test row(s) but no training rows: the model cannot learn it, so "
+            "those rows all count as errors in test accuracy; add training rows for it",
+            name, rows,
+        )  # fmt: skip
     log.info("%s scaling, splits %s -> %s", spec["method"], meta["splits"], args.out)
 
 

@@ -30,7 +30,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     test = read_split(Path(args.data) / "test.npz")
-    class_names = read_json(Path(args.data) / "meta.json").get("class_names")
+    meta = read_json(Path(args.data) / "meta.json")
+    class_names, task = meta.get("class_names"), reg.task_of(meta)
     # One register at a time per embedded store (queued experiments): the champion compared
     # against is still the champion when the alias moves.
     with store_lock(uri):
@@ -45,12 +46,14 @@ def main(args: argparse.Namespace, params: Params) -> None:
             test,
             class_names,
             lambda step: log.debug("registry: %s", step),
+            task,
         )
     with resume_run(info, params.mlflow.connect_timeout_s):
         mlflow.set_tags(
             {
                 "registry.version": record["version"],
                 "registry.promoted": str(record["promoted"]).lower(),
+                reg.TASK_TAG: reg.task_signature(task),
             }
         )
     write_json(args.out, record)

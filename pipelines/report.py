@@ -17,23 +17,28 @@ log = logging.getLogger("nnops.report")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
+    from nnops.tracking import close_dead_runs, read_run_info, resume_run, store_uri
+
+    info = read_run_info(args.run)
+    # Runs a killed process left RUNNING are closed first, and the report lists them.
+    closed = close_dead_runs(store_uri(info, params.mlflow.connect_timeout_s), info.experiment_id)
     # The stage's own workspace (a temporary clone under `dvc exp run --queue`): its HEAD is the
     # commit this run was made from.
     lineage = rp.git_lineage(Path.cwd()) | {
         "dvc_exp": os.environ.get("DVC_EXP_NAME"),
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "closed_runs": ", ".join(closed),
     }
     paths = {k: Path(getattr(args, k)) for k in ("validation", "metrics", "evaluation", "history")}
     paths |= {k: Path(getattr(args, k)) for k in ("explain", "registry", "run", "data_meta")}
-    report = rp.build_report(rp.load_inputs(params, lineage=lineage, **paths))
+    baseline = rp.committed_params(Path.cwd())
+    report = rp.build_report(rp.load_inputs(params, lineage=lineage, baseline=baseline, **paths))
     out = Path(args.out)
     write_text(out / "report.html", report.html)
     write_text(out / "report.md", report.markdown)
     log.info("wrote %s and %s", out / "report.html", out / "report.md")
 
-    from nnops.tracking import read_run_info, resume_run
-
-    with resume_run(read_run_info(args.run), params.mlflow.connect_timeout_s) as run:
+    with resume_run(info, params.mlflow.connect_timeout_s) as run:
         import mlflow
 
         for name in ("report.html", "report.md"):

@@ -39,9 +39,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
             files = {"validation": [Path(args.validation) / "validation.json"],
                      "train": [reports / "history.csv", reports / "summary.json"]}  # fmt: skip
             run.finish(model, data, result, summary, files, args.data, meta, out / "run.json")
-    except BaseException:
+    except BaseException as exc:  # a signal ends the run KILLED, an error FAILED
         if run:
-            run.fail()
+            tracking.end_interrupted(run.info, exc, max(run.logger.logged, default=0))
         raise
     train.clear_backup(backup)
     log.info("%s; best epoch %s -> %s", train.describe(result, summary), result.best_epoch, out)

@@ -118,6 +118,30 @@ def serving(
                 proc.wait()
 
 
+def section(dotted: str, **overrides: object) -> object:
+    """A params section as the repository's ``params.yaml`` sets it, with ``overrides`` applied.
+
+    Code holds no defaults, so tests build sections from the real file (validated again).
+
+    Args:
+        dotted: the section, e.g. ``"train"`` or ``"evaluate.fit"``.
+        overrides: field values to replace.
+    """
+    from nnops.config import load_params
+
+    model = load_params(REPO / "params.yaml")
+    for part in dotted.split("."):
+        model = getattr(model, {"validate": "validate_", "register": "register_"}.get(part, part))
+    return type(model).model_validate({**model.model_dump(), **overrides})
+
+
+def repo_params() -> object:
+    """The repository's ``params.yaml``, validated."""
+    from nnops.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
 def _tracked_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],

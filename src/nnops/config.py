@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nnops.secrets import redact_text
+
 PARAMS_FILE = "params.yaml"
 
 
@@ -22,40 +24,65 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
+    """A params section. Fields carry no defaults: ``params.yaml`` is the only place values live,
+    so a key missing from it is an error naming the key, never a silent value from the code."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-UnitFraction = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0.0)]
+# Strict types: a YAML ``true`` is not the integer 1, ``"5"`` is not 5, and ``.inf``/``.nan`` are
+# never a usable number. Floats accept integers (``connect_timeout_s: 10``).
+Int = Annotated[int, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
+Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, lt=1.0)]
+UnitFraction = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+NonNegFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0)]
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]
+Name = Annotated[str, Field(strict=True, min_length=1)]
 
 Source = Literal["digits", "mnist", "fashion_mnist", "npz", "csv"]
 
 
+# data.path of embedded sources: dvc.yaml lists ${data.path} as ingest's dependency, so it must
+# name a file that exists; this one explains itself and is never read.
+PLACEHOLDER = "inputs/embedded.txt"
+
+
 class DataParams(_Section):
-    source: Source = "digits"
-    path: str | None = None
-    url: str | None = None
-    sha256: str | None = None
-    label_column: str = "label"
-    exclude_columns: tuple[str, ...] = ()
-    cache_dir: str = "data/cache"
+    source: Source
+    path: str | None
+    url: str | None
+    url_env: str | None
+    auth_env: str | None
+    sha256: str | None
+    label_column: Name
+    exclude_columns: tuple[str, ...]
+    cache_dir: Name
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> DataParams:
-        if self.source in ("npz", "csv") and not (self.path or self.url):
+        no_path = self.path in (None, "", PLACEHOLDER)
+        if self.source in ("npz", "csv") and no_path and not (self.url or self.url_env):
+            got = "neither" if not self.path else f"data.path={self.path!r}, the placeholder for "
+            got += "" if not self.path else "embedded sources"
             raise ValueError(
                 f"data.source={self.source!r} needs data.path (a local file) or data.url "
-                "(a download source); received neither"
+                f"(a download source); received {got}"
+            )
+        if self.url and self.url_env:
+            raise ValueError(
+                "data.url and data.url_env both set; give the URL in one place (data.url_env "
+                "names an environment variable holding a URL that carries a secret)"
             )
         return self
 
 
 class SplitParams(_Section):
-    val_fraction: Fraction = 0.15
-    test_fraction: Fraction = 0.15
-    seed: int = 42
+    val_fraction: Fraction
+    test_fraction: Fraction
+    seed: Seed
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitParams:
@@ -68,18 +95,18 @@ class SplitParams(_Section):
 
 
 class ValidateParams(_Section):
-    min_rows: PositiveInt = 100
-    value_min: float | None = None
-    value_max: float | None = None
-    min_class_fraction: UnitFraction = 0.02
-    max_class_fraction: UnitFraction = 0.9
-    max_duplicate_fraction: UnitFraction = 0.05
+    min_rows: PositiveInt
+    value_min: Float | None
+    value_max: Float | None
+    min_class_fraction: UnitFraction
+    max_class_fraction: UnitFraction
+    max_duplicate_fraction: UnitFraction
     # drift between the train and test partitions (and of new batches against the training profile)
     drift_alpha: Fraction
-    drift_distance: Annotated[float, Field(gt=0.0)]
-    drift_share: Annotated[float, Field(ge=0.0, lt=1.0)]
+    drift_distance: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0)]
+    drift_share: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, lt=1.0)]
     drift_switch_rows: PositiveInt
-    drift_refuse_predict: bool
+    drift_refuse_predict: Bool
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> ValidateParams:
@@ -98,80 +125,86 @@ class ValidateParams(_Section):
 
 
 class PreprocessParams(_Section):
-    scaling: Literal["auto", "rescale", "standardize", "none"] = "auto"
+    scaling: Literal["auto", "rescale", "standardize", "none"]
 
 
 class HiddenLayer(_Section):
     units: PositiveInt
-    activation: Literal["relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish", "linear"] = (
-        "relu"
-    )
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    activation: Literal["relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish", "linear"]
+    dropout: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, lt=1.0)]
 
 
 class EarlyStoppingParams(_Section):
-    enabled: bool = False
-    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
-    patience: PositiveInt = 5
-    min_delta: NonNegFloat = 0.0
-    restore_best_weights: bool = True
+    enabled: Bool
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"]
+    patience: PositiveInt
+    min_delta: NonNegFloat
+    restore_best_weights: Bool
 
 
 class TrainParams(_Section):
-    seed: int = 42
-    deterministic: bool = True
-    epochs: PositiveInt = 20
-    batch_size: PositiveInt = 32
-    hidden_layers: tuple[HiddenLayer, ...] = (
-        HiddenLayer(units=64, activation="relu"),
-        HiddenLayer(units=64, activation="relu"),
-    )
-    l2: NonNegFloat = 0.0
-    optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = "adam"
-    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.001
-    lr_schedule: Literal["none", "cosine", "exponential"] = "none"
-    lr_decay_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
-    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
-    steps_per_execution: PositiveInt = 32
-    input_pipeline: Literal["in_graph", "tf_data", "numpy"] = "in_graph"
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    mixed_precision: bool = False
-    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    seed: Seed
+    deterministic: Bool
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    hidden_layers: tuple[HiddenLayer, ...]
+    allow_no_hidden_layers: Bool
+    l2: NonNegFloat
+    optimizer: Literal["adam", "sgd", "rmsprop", "adamw"]
+    learning_rate: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, le=10.0)]
+    lr_schedule: Literal["none", "cosine", "exponential"]
+    lr_decay_rate: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, le=1.0)]
+    early_stopping: EarlyStoppingParams
+    steps_per_execution: PositiveInt
+    input_pipeline: Literal["in_graph", "tf_data", "numpy"]
+    device: Literal["auto", "cpu", "gpu"]
+    mixed_precision: Bool
+    distribute: Literal["none", "mirrored", "multi_worker"]
+
+    @model_validator(mode="after")
+    def _has_hidden_layers(self) -> TrainParams:
+        if not self.hidden_layers and not self.allow_no_hidden_layers:
+            raise ValueError(
+                "train.hidden_layers: received []; list at least one layer, e.g. "
+                "[{units: 64, activation: relu, dropout: 0.0}], or set "
+                "train.allow_no_hidden_layers: true for a linear (softmax regression) model"
+            )
+        return self
 
 
 class FitThresholds(_Section):
-    min_train_accuracy: UnitFraction = 0.9
-    max_accuracy_gap: UnitFraction = 0.05
-    max_loss_gap: NonNegFloat = 0.15
-    min_val_loss_rise: NonNegFloat = 0.1
+    min_train_accuracy: UnitFraction
+    max_accuracy_gap: UnitFraction
+    max_loss_gap: NonNegFloat
+    min_val_loss_rise: NonNegFloat
 
 
 class EvaluateParams(_Section):
-    fit: FitThresholds = FitThresholds()
-    learning_curve: tuple[Fraction | Literal[1.0], ...] | None = None
-    slice_by: tuple[str, ...] = ()
-    slice_max_gap: UnitFraction = 0.05
-    explain: bool = True
-    explain_samples: PositiveInt = 50
-    explain_method: Literal["integrated_gradients", "gradient_x_input"] = "integrated_gradients"
-    explain_steps: PositiveInt = 32
-    explain_errors: PositiveInt = 16
-    explain_repeats: PositiveInt = 5
+    fit: FitThresholds
+    learning_curve: tuple[Fraction | Literal[1.0], ...] | None
+    slice_by: tuple[str, ...]
+    slice_max_gap: UnitFraction
+    explain: Bool
+    explain_samples: PositiveInt
+    explain_method: Literal["integrated_gradients", "gradient_x_input"]
+    explain_steps: PositiveInt
+    explain_errors: PositiveInt
+    explain_repeats: PositiveInt
 
 
 class RegisterParams(_Section):
-    model_name: str = Field("nnops-mlp", min_length=1)
-    min_test_accuracy: UnitFraction = 0.9
-    require_good_fit: bool = True
-    compare_to_champion: bool = True
-    max_regression: UnitFraction = 0.0
-    challenger_alias: bool = True
+    model_name: Name
+    min_test_accuracy: UnitFraction
+    require_good_fit: Bool
+    compare_to_champion: Bool
+    max_regression: UnitFraction
+    challenger_alias: Bool
 
 
 class MlflowParams(_Section):
-    tracking_uri: str | None = None
-    experiment: str = Field("nnops", min_length=1)
-    connect_timeout_s: Annotated[float, Field(gt=0.0, le=30.0)] = 10.0
+    tracking_uri: str | None
+    experiment: Name
+    connect_timeout_s: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, le=30.0)]
 
 
 Scalar = str | int | float | bool
@@ -180,17 +213,17 @@ Scalar = str | int | float | bool
 class FloatDim(_Section):
     key: str
     type: Literal["float"]
-    low: float
-    high: float
-    log: bool
+    low: Float
+    high: Float
+    log: Bool
 
 
 class IntDim(_Section):
     key: str
     type: Literal["int"]
-    low: int
-    high: int
-    log: bool
+    low: Int
+    high: Int
+    log: Bool
 
 
 class CategoricalDim(_Section):
@@ -204,10 +237,10 @@ Dimension = Annotated[FloatDim | IntDim | CategoricalDim, Field(discriminator="t
 
 class PrunerParams(_Section):
     kind: Literal["median", "hyperband", "threshold", "none"]
-    startup_trials: Annotated[int, Field(ge=0)]
-    warmup_epochs: Annotated[int, Field(ge=0)]
-    reduction_factor: Annotated[int, Field(ge=2)]
-    threshold: float | None
+    startup_trials: Annotated[int, Field(strict=True, ge=0)]
+    warmup_epochs: Annotated[int, Field(strict=True, ge=0)]
+    reduction_factor: Annotated[int, Field(strict=True, ge=2)]
+    threshold: Float | None
 
 
 class TuneParams(_Section):
@@ -218,15 +251,15 @@ class TuneParams(_Section):
     bounds and choices must be values that section accepts).
     """
 
-    study: str = Field(min_length=1)
+    study: Name
     storage: str | None
     trials: PositiveInt
-    timeout_s: Annotated[float, Field(gt=0.0)] | None
+    timeout_s: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0)] | None
     jobs: PositiveInt
     metric: Literal["val_loss", "val_accuracy"]
-    cv_folds: Annotated[int, Field(ge=2)] | None
-    seed: int
-    startup_trials: Annotated[int, Field(ge=0)]
+    cv_folds: Annotated[int, Field(strict=True, ge=2)] | None
+    seed: Seed
+    startup_trials: Annotated[int, Field(strict=True, ge=0)]
     heartbeat_s: PositiveInt
     stale_after_s: PositiveInt
     pruner: PrunerParams
@@ -264,30 +297,31 @@ class Params(_Section):
     """The whole of ``params.yaml``; ``validate`` and ``register`` are read as
     ``params.validate_`` and ``params.register_`` (the plain names belong to pydantic)."""
 
-    data: DataParams = DataParams()
-    split: SplitParams = SplitParams()
+    data: DataParams
+    split: SplitParams
     validate_: ValidateParams = Field(alias="validate")
-    preprocess: PreprocessParams = PreprocessParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    register_: RegisterParams = Field(RegisterParams(), alias="register")
-    mlflow: MlflowParams = MlflowParams()
-    # Optional as a section (a project that never tunes leaves it out); its fields have no defaults.
-    tune: TuneParams | None = None
+    preprocess: PreprocessParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    register_: RegisterParams = Field(alias="register")
+    mlflow: MlflowParams
+    tune: TuneParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _tune_space_fits_train(self) -> Params:
-        if self.tune is not None:
-            from nnops.tune_space import check_space
+        from nnops.tune_space import check_space
 
-            check_space(self.tune.space, self.train)
+        check_space(self.tune.space, self.train)
         return self
 
     def flat(self) -> dict[str, Any]:
-        """Return every param under its dotted ``params.yaml`` name."""
-        return dict(_flatten(self.model_dump(mode="json", by_alias=True)))
+        """Return every param under its dotted ``params.yaml`` name, URL secrets masked."""
+        return {
+            key: redact_text(value) if isinstance(value, str) else value
+            for key, value in _flatten(self.model_dump(mode="json", by_alias=True))
+        }
 
 
 def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -326,8 +360,21 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+# The tags pydantic puts in an error's location after a list index of tune.space
+# (``tune.space.0.float.low``): not keys of params.yaml, so left out of the dotted name.
+_DIMENSION_TAGS = {
+    m.model_fields["type"].annotation.__args__[0] for m in (FloatDim, IntDim, CategoricalDim)
+}
+
+
 def _describe(error: dict[str, Any]) -> str:
-    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+    raw_loc = error["loc"]
+    loc = tuple(
+        p
+        for i, p in enumerate(raw_loc)
+        if not (isinstance(p, str) and "[" in p)
+        and not (i and isinstance(raw_loc[i - 1], int) and p in _DIMENSION_TAGS)
+    )
     dotted = ".".join(str(p) for p in loc) or "<root>"
     received = error.get("input")
     kind = error["type"]
@@ -342,6 +389,9 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{dotted}: received {received!r}; allowed: {allowed}"
     if kind == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
+    if kind == "union_tag_not_found":
+        tag = str(error.get("ctx", {}).get("discriminator", "type")).strip("'")
+        return f"{dotted}.{tag}: required key is missing"
     if kind == "missing":
         return f"{dotted}: required key is missing"
     if kind in ("tuple_type", "list_type"):

@@ -37,7 +37,11 @@ class LoadedModel:
 
 
 def check_rows(
-    frame: Any, n_features: int | None, feature_names: Sequence[str] | None, source: str
+    frame: Any,
+    n_features: int | None,
+    feature_names: Sequence[str] | None,
+    source: str,
+    first_row: int = 1,
 ) -> np.ndarray:
     """Turn a table of text cells into a float32 matrix, naming the column and row of a bad cell.
 
@@ -49,6 +53,7 @@ def check_rows(
         n_features: the number of features the model takes, if known.
         feature_names: the training feature names, if known.
         source: the input file name, for messages.
+        first_row: the file's number for the frame's first row (frames come in chunks).
     """
     import pandas as pd
 
@@ -71,8 +76,8 @@ def check_rows(
         if len(bad):
             i = int(bad[0])
             raise NnopsError(
-                f"{source}: column {name!r}, row {i + 1}: {cells.iloc[i]!r} is not a finite "
-                f"number ({len(bad)} bad cell(s) in this column)"
+                f"{source}: column {name!r}, row {i + first_row}: {cells.iloc[i]!r} is not a "
+                f"finite number ({len(bad)} bad cell(s) in this column)"
             )
         out[:, j] = values.to_numpy(np.float32)
     return out
@@ -163,6 +168,7 @@ def load_model(ref: str, tracking_uri: str | None = None) -> LoadedModel:
 
     keras.config.disable_interactive_logging()  # no progress bars from the pyfunc wrapper
     if tracking_uri:
+        check_store_exists(tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)
     try:
         model = mlflow.pyfunc.load_model(ref)
@@ -198,11 +204,9 @@ def read_rows(
         key: the array to read from an npz file.
         header: whether the CSV's first line names the columns.
     """
-    import pandas as pd
+    from nnops.ingest import input_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise NnopsError(f"{path}: input file not found")
+    path = input_file(path, "CSV or npz file of rows to predict (--input)")
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             if key not in npz.files:
@@ -221,13 +225,74 @@ def read_rows(
             i, j = np.argwhere(~np.isfinite(x))[0]
             raise NnopsError(f"{path}: {key!r} row {i + 1}, column {j + 1} is not finite")
         return x.astype(np.float32)
+    return read_csv_rows(path, n_features, feature_names, header)
+
+
+CHUNK_CELLS = 1 << 18
+"""Cells parsed per chunk: text cells cost ~50x their float32 size, so they never pile up."""
+
+
+def read_csv_rows(
+    path: Path, n_features: int | None, feature_names: Sequence[str] | None, header: bool
+) -> np.ndarray:
+    """Read a CSV of raw rows in chunks into one float32 matrix.
+
+    The header alone decides the columns: duplicated names and a wrong column count are refused
+    before a single row is read. Rows are parsed a chunk at a time, so memory stays near the
+    size of the float32 result rather than of a table of text cells.
+
+    Args:
+        path: the CSV file.
+        n_features: the number of features the model takes, if known.
+        feature_names: the training feature names, to pick columns by header.
+        header: whether the first line names the columns.
+    """
+    import csv
+
+    import pandas as pd
+
+    from nnops.ingest import csv_header
+
+    if header:
+        columns = csv_header(path)
+    else:
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+            first = next(csv.reader(fh), None)
+        if first is None:
+            raise NnopsError(f"{path}: the file is empty")
+        columns = [f"column_{i + 1}" for i in range(len(first))]
+    picked = (
+        list(feature_names) if feature_names and set(feature_names) <= set(columns) else columns
+    )
+    if n_features is not None and len(picked) != n_features:
+        hint = f" (expected columns: {', '.join(feature_names[:5])}, ...)" if feature_names else ""
+        raise NnopsError(
+            f"{path}: the header has {len(picked)} columns, but the model takes {n_features} "
+            f"features{hint}"
+        )
+    chunks: list[np.ndarray] = []
+    row = 1
     try:
-        frame = pd.read_csv(path, header=0 if header else None, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise NnopsError(f"{path}: not a readable CSV ({exc})") from None
-    if not header:
-        frame.columns = [f"column_{i + 1}" for i in range(frame.shape[1])]
-    return check_rows(frame, n_features, feature_names, str(path))
+        reader = pd.read_csv(
+            path,
+            header=0 if header else None,
+            names=None if header else columns,
+            usecols=picked,
+            dtype=str,
+            keep_default_na=False,
+            chunksize=max(1, CHUNK_CELLS // max(1, len(columns))),
+        )
+        with reader:
+            for frame in reader:
+                if len(frame):
+                    chunks.append(check_rows(frame[picked], None, None, str(path), row))
+                    row += len(frame)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NnopsError(f"{path}: not a readable CSV ({first_line})") from None
+    if not chunks:
+        raise NnopsError(f"{path}: no rows to predict")
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
 def check_reference(
@@ -298,6 +363,11 @@ def predict_file(
     """
     from nnops.io import atomic_path, read_json
 
+    out = Path(out_path)
+    if out.is_dir():
+        raise NnopsError(f"{out}: is a directory; --out takes the predictions CSV file to write")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise NnopsError(f"{out}: {out.parent} is not a directory")
     names = check_reference(input_path, reference, key, header, refuse_drift) if reference else None
     meta = read_json(meta_path) if meta_path else {}
     model = load_model(model_ref, tracking_uri)
@@ -345,12 +415,40 @@ def parser(prog: str = "nnops predict") -> argparse.ArgumentParser:
 
 
 def default_tracking_uri() -> str:
-    """The project's store: ``$MLFLOW_TRACKING_URI``, else ``params.yaml``, else ``mlflow.db``."""
-    from nnops.config import MlflowParams, load_params
+    """The project's store: ``$MLFLOW_TRACKING_URI``, else the one ``params.yaml`` names.
+
+    Outside a project (no ``params.yaml`` here) there is no store to guess: say so rather than
+    create an empty ``./mlflow.db``.
+    """
+    from nnops.config import load_params
     from nnops.tracking import resolve_tracking_uri
 
-    params = load_params().mlflow if Path("params.yaml").is_file() else MlflowParams()
-    return resolve_tracking_uri(params)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if not Path("params.yaml").is_file():
+        raise NnopsError(
+            f"no MLflow store to load the model from: {Path.cwd()} holds no params.yaml; run in "
+            "the project directory, or pass --tracking-uri (or set MLFLOW_TRACKING_URI)"
+        )
+    return resolve_tracking_uri(load_params().mlflow, Path.cwd())
+
+
+def check_store_exists(uri: str) -> None:
+    """Refuse an embedded store that does not exist (MLflow would create an empty one) or is
+    damaged.
+
+    Args:
+        uri: the tracking URI.
+    """
+    from nnops.tracking import check_store
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise NnopsError(
+            f"{uri.removeprefix('sqlite:///')}: no MLflow store there (run the pipeline first, "
+            "or pass --tracking-uri)"
+        )
+    check_store(uri)
 
 
 def _reference(flag: str | None) -> str | None:

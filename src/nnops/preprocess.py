@@ -152,6 +152,27 @@ def data_hash(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
+def test_only_classes(
+    arrays: Mapping[str, Mapping[str, np.ndarray]], class_names: Sequence[str]
+) -> dict[str, int]:
+    """Classes that have test rows but no training rows, with their test row counts.
+
+    The model never sees such a class, so every one of its test rows is an error: a source whose
+    own test split holds a class its training split lacks scores far lower than expected.
+
+    Args:
+        arrays: the arrays per split.
+        class_names: the name of each class index.
+    """
+    seen = set(np.unique(arrays["train"]["y"]).tolist())
+    labels, counts = np.unique(arrays["test"]["y"], return_counts=True)
+    return {
+        str(class_names[int(k)]): int(n)
+        for k, n in zip(labels, counts, strict=True)
+        if int(k) not in seen
+    }
+
+
 def processed_meta(
     raw_meta: Mapping[str, Any],
     arrays: Mapping[str, Mapping[str, np.ndarray]],
@@ -172,6 +193,7 @@ def processed_meta(
         "data_hash": data_hash(arrays),
         "slice_columns": list(slice_columns),
         "preprocessing_method": spec["method"],
+        "test_only_classes": test_only_classes(arrays, raw_meta["class_names"]),
     }
 
 

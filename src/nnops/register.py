@@ -11,6 +11,7 @@ finishes the job.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -29,6 +30,63 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 GOOD_FIT = "good fit"
 TAG_PREFIX = "nnops."
+TASK_TAG = TAG_PREFIX + "task"
+"""Tag on each registered version and its run: a digest of the input schema and label set."""
+DECISION_TAG = TAG_PREFIX + "decision"
+"""``pending`` from registration until the gate's record is complete, then ``promoted``,
+``rejected`` or ``failed`` (the gate could not finish; rerun register to complete it)."""
+
+
+def task_of(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The task a model solves: its input columns and its classes, from ``meta.json``.
+
+    Args:
+        meta: the processed data's metadata (``n_features``, ``feature_names``, ``class_names``).
+    """
+    return {
+        "n_features": int(meta.get("n_features") or len(meta.get("feature_names") or [])),
+        "feature_names": [str(f) for f in meta.get("feature_names") or []],
+        "class_names": [str(c) for c in meta.get("class_names") or []],
+    }
+
+
+def task_signature(task: Mapping[str, Any]) -> str:
+    """A short digest that two models share exactly when they solve the same task.
+
+    Args:
+        task: as returned by ``task_of``.
+    """
+    text = json.dumps({k: task[k] for k in sorted(task)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe_task(task: Mapping[str, Any]) -> str:
+    """Say in words what a task takes and predicts, e.g. ``4 features (a, b, ...), 3 classes``.
+
+    Args:
+        task: as returned by ``task_of``.
+    """
+    names = task.get("feature_names") or []
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    classes = task.get("class_names") or []
+    cls = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return f"{task.get('n_features')} features ({shown}), {len(classes)} classes ({cls})"
+
+
+def quote_filter(value: str) -> str:
+    """Quote a value for an MLflow search filter (names may hold a quote: ``bob's model``).
+
+    Args:
+        value: the literal value.
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise NnopsError(
+        f"register.model_name {value!r} holds both quote characters; MLflow filters cannot "
+        "express it, use at most one kind"
+    )
 
 
 @dataclass(frozen=True)
@@ -184,7 +242,9 @@ def version_for_run(client: Any, name: str, run_id: str, source: str) -> Any | N
         run_id: the MLflow run id.
         source: the model URI that was registered.
     """
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    versions = client.search_model_versions(
+        f"name = {quote_filter(name)} and run_id = {quote_filter(run_id)}"
+    )
     same = [v for v in versions if v.source == source or not source]
     return max(same, key=lambda v: int(v.version)) if same else None
 
@@ -347,7 +407,7 @@ def champion_history(client: Any, name: str) -> list[dict[str, str]]:
         client: an ``mlflow.MlflowClient``.
         name: the registered model name.
     """
-    versions = client.search_model_versions(f"name = '{name}'")
+    versions = client.search_model_versions(f"name = {quote_filter(name)}")
     rows = []
     for v in versions:
         tags = dict(v.tags or {})
@@ -367,6 +427,63 @@ def champion_history(client: Any, name: str) -> list[dict[str, str]]:
     return sorted(rows, key=lambda r: (r["promoted_at"], int(r["version"])))
 
 
+def mark_version(client: Any, name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Write bookkeeping tags on a version (its task, its decision state).
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model name.
+        version: the version.
+        tags: tag name to value.
+    """
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    except Exception as exc:
+        raise _mlflow_error(f"tagging {name} version {version}", exc) from exc
+
+
+def champion_task(client: Any, name: str, champion: Any) -> dict[str, Any] | None:
+    """The task the champion solves: its task tag, or for versions registered before task tags
+    existed, its input width (from the model signature) and recorded class names.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model name.
+        champion: the champion's model version.
+    """
+    tags = dict(champion.tags or {})
+    if tags.get(TASK_TAG):
+        return {"signature": tags[TASK_TAG], "description": tags.get(TASK_TAG + "_description")}
+    try:
+        import mlflow
+
+        info = mlflow.models.get_model_info(f"models:/{name}/{champion.version}")
+        inputs = info.signature.inputs if info.signature else None
+        width = int(inputs.inputs[0].shape[-1]) if inputs and inputs.is_tensor_spec() else None
+    except Exception:  # an unreadable signature: nothing to compare, score as before
+        return None
+    classes = json.loads(tags.get(TAG_PREFIX + "class_names", "null") or "null")
+    return {"n_features": width, "class_names": classes}
+
+
+def same_task(task: Mapping[str, Any], champion: Mapping[str, Any] | None) -> bool:
+    """Whether a candidate (``task_of``) solves the champion's task (``champion_task``).
+
+    Args:
+        task: the candidate's task.
+        champion: the champion's task; None when unknown (assumed the same).
+    """
+    if champion is None:
+        return True
+    if "signature" in champion:
+        return champion["signature"] == task_signature(task)
+    if champion.get("n_features") is not None and champion["n_features"] != task["n_features"]:
+        return False
+    classes = champion.get("class_names")
+    return classes is None or list(classes) == list(task["class_names"])
+
+
 def decide(
     client: Any,
     name: str,
@@ -377,6 +494,52 @@ def decide(
     test: tuple[np.ndarray, np.ndarray],
     class_names: list[str] | None,
     on_step: Step | None = None,
+    task: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Gate a version and record the decision; on any failure mark the version ``failed``.
+
+    See ``_decide`` for the arguments. A version is never left registered without a record:
+    until the gate's tags are complete its ``nnops.decision`` tag says ``pending`` or ``failed``,
+    and rerunning the register stage finishes the job.
+    """
+    if task is not None:
+        mark_version(
+            client,
+            name,
+            version,
+            {
+                TASK_TAG: task_signature(task),
+                TASK_TAG + "_description": describe_task(task),
+                DECISION_TAG: "pending",
+            },
+        )
+    try:
+        record = _decide(
+            client, name, version, run_id, metrics, params, test, class_names, on_step, task
+        )
+    except BaseException as exc:
+        try:
+            mark_version(client, name, version, {DECISION_TAG: "failed",
+                                                 TAG_PREFIX + "error": str(exc)[:500]})  # fmt: skip
+        except Exception:  # the store is gone: the pending tag stays, which says as much
+            log.debug("could not mark %s version %s failed", name, version)
+        raise
+    decision = "promoted" if record["promoted"] else "rejected"
+    mark_version(client, name, version, {DECISION_TAG: decision})
+    return record
+
+
+def _decide(
+    client: Any,
+    name: str,
+    version: str,
+    run_id: str,
+    metrics: Mapping[str, Any],
+    params: RegisterParams,
+    test: tuple[np.ndarray, np.ndarray],
+    class_names: list[str] | None,
+    on_step: Step | None = None,
+    task: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Gate a registered version, record the decision in the registry, return the decision record.
 
@@ -390,6 +553,8 @@ def decide(
         test: raw test features and labels, to score the champion and the candidate alike.
         class_names: names of the output classes, recorded on the version.
         on_step: called after each registry write with a short description.
+        task: the candidate's task (``task_of``); a champion trained on another task is not
+            compared with, the candidate starts a new lineage.
     """
     try:
         test_accuracy = float(metrics["test"]["accuracy"])
@@ -402,7 +567,21 @@ def decide(
     previous = str(current.version) if current is not None else None
     already = previous == str(version)
     champion = None
-    if previous is not None and not already and params.compare_to_champion:
+    new_lineage = None
+    if previous is not None and not already and task is not None:
+        theirs = champion_task(client, name, current)
+        if not same_task(task, theirs):
+            what = (theirs or {}).get("description") or (
+                f"{(theirs or {}).get('n_features')} features, classes "
+                f"{(theirs or {}).get('class_names')}"
+            )
+            new_lineage = (
+                f"champion version {previous} was trained on another task ({what}); this "
+                f"model takes {describe_task(task)}, so it is not compared with it and starts a "
+                f"new lineage under {name!r} (set register.model_name to keep the two apart)"
+            )
+            log.warning("%s", new_lineage)
+    if previous is not None and not already and params.compare_to_champion and not new_lineage:
         x, y = test
         champion = {
             "version": previous,
@@ -412,6 +591,8 @@ def decide(
     gates = [] if already else gate_checks(test_accuracy, verdict, params, champion)
     promoted = already or all(g.passed for g in gates)
     reason = "already champion" if already else decision_reason(gates, previous is None)
+    if new_lineage and not already:
+        reason += f" ({new_lineage})"
     if not already:
         tags = promotion_tags(run_id, metrics, gates, reason, promoted, previous, class_names)
         if promoted:
@@ -432,4 +613,6 @@ def decide(
         "gates": [asdict(g) for g in gates],
         "failed_gates": [g.name for g in gates if not g.passed],
         "champion_accuracy": champion["accuracy"] if champion else None,
+        "new_lineage": new_lineage,
+        "task": dict(task) if task is not None else None,
     }

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nnops.config import Params
+from nnops.secrets import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class ReportInputs:
     """What the stages wrote, already read from disk; ``None`` marks an input that is missing."""
 
     params: Params
+    baseline: Params | None = None
+    """The committed ``params.yaml`` (git HEAD) this run's params are compared with."""
     validation: Mapping[str, Any] | None = None
     metrics: Mapping[str, Any] | None = None
     evaluation: Mapping[str, Any] | None = None
@@ -66,38 +69,26 @@ class Report:
     figures: dict[str, bytes]
 
 
-def params_diff(params: Params) -> list[dict[str, Any]]:
-    """Every param whose value differs from the built-in default, by dotted name.
+def params_diff(params: Params, baseline: Params | None) -> list[dict[str, Any]]:
+    """Every param whose value differs from the committed ``params.yaml``, by dotted name.
+
+    Code holds no defaults: the baseline is the params file of the commit the run was made from
+    (an experiment's changes show here); no baseline, no rows.
 
     Args:
         params: the params of this run.
+        baseline: the committed params, if they could be read.
     """
-    defaults = _declared_defaults()
+    if baseline is None:
+        return []
+    defaults = baseline.flat()
     current = params.flat()
     rows = []
     for key in sorted(set(defaults) | set(current)):
-        if key not in defaults and key in current:  # declared without a default: params.yaml's
-            continue
         before, after = defaults.get(key, "(not set)"), current.get(key, "(not set)")
         if before != after:
             rows.append({"key": key, "default": before, "value": after})
     return rows
-
-
-def _declared_defaults() -> dict[str, Any]:
-    """The defaults declared in code, by dotted name; keys declared without one are left out."""
-    from nnops.config import _flatten
-
-    sections = {}
-    for name, info in Params.model_fields.items():
-        section = info.annotation
-        if not isinstance(section, type):  # an optional section (tune) has no defaults
-            continue
-        keep = {k for k, f in section.model_fields.items() if not f.is_required()}
-        values = {k: section.model_fields[k].get_default(call_default_factory=True) for k in keep}
-        dumped = section.model_construct(**values).model_dump(mode="json", include=keep)
-        sections[info.alias or name] = dumped
-    return dict(_flatten(sections))
 
 
 def _pyplot() -> Any:
@@ -222,9 +213,10 @@ def _view(inputs: ReportInputs, figures: Mapping[str, bytes]) -> dict[str, Any]:
         "processed data hash": meta.get("data_hash"),
         "MLflow run id": run.get("run_id"),
         "MLflow experiment id": run.get("experiment_id"),
-        "MLflow tracking URI": run.get("tracking_uri"),
+        "MLflow tracking URI": redact_text(str(run.get("tracking_uri") or "")),
         "model URI": run.get("model_uri"),
         "generated": inputs.lineage.get("generated_at"),
+        "runs closed as KILLED (their process died)": inputs.lineage.get("closed_runs"),
     }
     return {
         "title": f"nnops run report: {meta.get('source', 'unknown source')}",
@@ -232,7 +224,7 @@ def _view(inputs: ReportInputs, figures: Mapping[str, bytes]) -> dict[str, Any]:
         "validation_success": (inputs.validation or {}).get("success"),
         "expectations": expectations,
         "failed_expectations": failed,
-        "params_diff": params_diff(inputs.params),
+        "params_diff": params_diff(inputs.params, inputs.baseline),
         "has_history": inputs.history is not None,
         "metrics": metrics,
         "splits": splits,
@@ -320,11 +312,11 @@ _HTML = """<!doctype html>
 </section>
 
 <section id="params">
-<h2>Params that differ from the defaults</h2>
-{% if params_diff %}<table><tr><th>param</th><th>default</th><th>this run</th></tr>
+<h2>Params that differ from the committed params.yaml</h2>
+{% if params_diff %}<table><tr><th>param</th><th>committed</th><th>this run</th></tr>
 {% for p in params_diff %}<tr><td><code>{{ p.key }}</code></td><td>{{ fmt(p.default) }}</td>
 <td><b>{{ fmt(p.value) }}</b></td></tr>{% endfor %}</table>
-{% else %}<p>All params are at their defaults.</p>{% endif %}
+{% else %}<p>All params are as committed.</p>{% endif %}
 </section>
 
 <section id="tuning">
@@ -523,12 +515,12 @@ def render_markdown(view: Mapping[str, Any]) -> str:
         rows = [[e.get("name"), e.get("column"), e.get("observed"), e.get("bound")]
                 for e in view["failed_expectations"]]  # fmt: skip
         out += _md_table(["expectation", "column", "observed", "bound"], rows) + [""]
-    out += ["### Params that differ from the defaults", ""]
+    out += ["### Params that differ from the committed params.yaml", ""]
     if view["params_diff"]:
         rows = [[f"`{p['key']}`", p["default"], p["value"]] for p in view["params_diff"]]
         out += _md_table(["param", "default", "this run"], rows) + [""]
     else:
-        out += ["All params are at their defaults.", ""]
+        out += ["All params are as committed.", ""]
     tuning = view["tuning"]
     if tuning:
         out += ["### Tuning", "", f"Study `{tuning.get('study')}`, best trial "
@@ -638,6 +630,33 @@ def git_lineage(root: Path) -> dict[str, str]:
     return {"git_commit": commit, "git_state": "uncommitted changes" if dirty else "clean"}
 
 
+def committed_params(root: Path) -> Params | None:
+    """The ``params.yaml`` of the commit checked out at ``root``; None when there is none.
+
+    Args:
+        root: the repository root.
+    """
+    import subprocess
+
+    import yaml
+
+    from nnops.config import ConfigError, parse_params
+
+    try:
+        proc = subprocess.run(
+            ["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True, text=True,
+            timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    try:
+        return parse_params(yaml.safe_load(proc.stdout), "HEAD:params.yaml")
+    except (ConfigError, yaml.YAMLError):
+        return None  # committed before a params change: nothing comparable
+
+
 def load_inputs(
     params: Params,
     validation: Path,
@@ -649,6 +668,7 @@ def load_inputs(
     run: Path,
     data_meta: Path,
     lineage: Mapping[str, Any],
+    baseline: Params | None = None,
 ) -> ReportInputs:
     """Read every stage output the report shows; a missing file becomes a visible gap.
 
@@ -663,6 +683,7 @@ def load_inputs(
         run: ``models/run.json``.
         data_meta: ``data/processed/meta.json``.
         lineage: git and run context gathered by the stage.
+        baseline: the committed params, to list what this run changed.
     """
     images = {p.name: p.read_bytes() for p in sorted(explain.glob("*.png"))}
     run_info = _read_optional_json(run)
@@ -672,6 +693,7 @@ def load_inputs(
             images[f"tune_{fig.name}"] = fig.read_bytes()
     return ReportInputs(
         params=params,
+        baseline=baseline,
         validation=_read_optional_json(validation / "validation.json"),
         metrics=_read_optional_json(metrics),
         evaluation=_read_optional_json(evaluation),

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from nnops.config import ConfigError, Params, load_params
 from nnops.errors import NnopsError
+from nnops.secrets import RedactingFilter, redact_text
 
 log = logging.getLogger("nnops")
 
@@ -23,6 +26,14 @@ QUIET_ENV = {
     "TF_ENABLE_ONEDNN_OPTS": "0",
     "GIT_PYTHON_REFRESH": "quiet",
 }
+
+
+# Every stage output is in DVC's cache (dvc.yaml), so what DVC removed before a failed stage
+# comes back from the last successful run recorded in dvc.lock.
+RESTORE_HINT = (
+    "nothing is lost: `dvc checkout` brings back the outputs of the last successful run "
+    "(README, 'When a stage fails')"
+)
 
 
 def quiet_environment() -> None:
@@ -39,6 +50,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())  # no URL credentials or tokens in any log line
     root = logging.getLogger("nnops")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -63,13 +75,29 @@ def run_stage(
     configure_logging()
     parser.add_argument("--params", default="params.yaml", help="the params file")
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         params = load_params(args.params)
         main(args, params)
     except (ConfigError, NnopsError) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {redact_text(str(exc))}", file=sys.stderr)
+        print(f"{name}: {RESTORE_HINT}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"{name}: stopped by {signal.Signals(signum).name}; {RESTORE_HINT}", file=sys.stderr)
+        return 128 + signum
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that ``finally`` blocks and run bookkeeping happen."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)

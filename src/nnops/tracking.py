@@ -23,12 +23,62 @@ from urllib.parse import urlparse
 from nnops.config import MlflowParams
 from nnops.errors import NnopsError
 from nnops.io import read_json, repo_root, write_json
+from nnops.secrets import redact_url
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "mlflow.db"
 # Set by `nnops tune --apply` to its best_params.json: the run it starts links to the study.
 TUNE_ENV = "NNOPS_TUNE_RESULT"
+
+PID_TAG, HOST_TAG = "nnops.pid", "nnops.host"
+"""Which process holds a run open: a RUNNING run whose process is gone was killed."""
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store(uri: str) -> None:
+    """Refuse a damaged or emptied embedded store with one line naming the file and what to do.
+
+    An sqlite store that does not exist yet is fine (the train stage creates it); an empty file
+    where one was, or a file sqlite cannot read back, is an error, never a silent fresh store.
+
+    Args:
+        uri: the tracking URI (only ``sqlite:///`` URIs are checked).
+    """
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise NnopsError(f"{path}: the MLflow store is a directory, expected an sqlite file")
+    size = path.stat().st_size
+    what_to_do = (
+        "restore it from a backup, or move it aside (the runs and registered models in it are "
+        "then gone from this project) and rerun `dvc repro -f train`"
+    )
+    if size == 0:
+        raise NnopsError(f"{path}: the MLflow store is an empty file (0 bytes); {what_to_do}")
+    with path.open("rb") as fh:
+        header = fh.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise NnopsError(f"{path}: the MLflow store is not an sqlite database; {what_to_do}")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            result = db.execute("PRAGMA quick_check(1)").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return  # another stage is writing (queued experiments): the store is in use, not bad
+        raise NnopsError(f"{path}: the MLflow store cannot be read ({exc}); {what_to_do}") from None
+    except sqlite3.DatabaseError as exc:
+        raise NnopsError(f"{path}: the MLflow store is damaged ({exc}); {what_to_do}") from None
+    if not result or result[0] != "ok":
+        raise NnopsError(
+            f"{path}: the MLflow store is damaged ({result[0] if result else 'no answer'}); "
+            f"{what_to_do}"
+        )
 
 
 def resolve_tracking_uri(params: MlflowParams, root: Path | None = None) -> str:
@@ -58,6 +108,8 @@ def ensure_reachable(uri: str, timeout_s: float) -> None:
         timeout_s: how long to wait for the server to answer.
     """
     parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        check_store(uri)
     if parsed.scheme not in ("http", "https"):
         return
     host = parsed.hostname or "localhost"
@@ -67,7 +119,7 @@ def ensure_reachable(uri: str, timeout_s: float) -> None:
             pass
     except OSError as exc:
         raise NnopsError(
-            f"MLflow tracking server at {uri} cannot be reached ({exc}); start it "
+            f"MLflow tracking server at {redact_url(uri)} cannot be reached ({exc}); start it "
             "(see README, 'Tracking server') or unset MLFLOW_TRACKING_URI / mlflow.tracking_uri"
         ) from None
     # Keep MLflow's own HTTP client from retrying for minutes if the server hangs or goes away:
@@ -118,7 +170,8 @@ def connect(params: MlflowParams) -> str:
         except Exception as exc:  # a hung server or a broken store: name it, do not hang
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise NnopsError(
-                f"MLflow tracking store at {uri} did not answer ({type(exc).__name__}: {first})"
+                f"MLflow tracking store at {redact_url(uri)} did not answer "
+                f"({type(exc).__name__}: {first})"
             ) from None
     return uri
 
@@ -157,6 +210,26 @@ def read_run_info(path: str | Path) -> RunInfo:
     return RunInfo(**{k: data.get(k) for k in RunInfo.__dataclass_fields__})
 
 
+def store_uri(info: RunInfo, timeout_s: float) -> str:
+    """The store a later stage logs into: ``$MLFLOW_TRACKING_URI``, else the run's; checked.
+
+    Args:
+        info: identifiers from ``models/run.json``.
+        timeout_s: how long to wait for a tracking server.
+    """
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or info.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise NnopsError(
+            f"models/run.json names MLflow run {info.run_id} in the store {uri}, which does not "
+            "exist here (a run.json from another checkout?); retrain with `dvc repro -f train`"
+        )
+    ensure_reachable(uri, timeout_s)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 @contextmanager
 def resume_run(info: RunInfo, timeout_s: float = 10.0) -> Iterator[Any]:
     """Reopen the training run so that a later stage logs into it.
@@ -168,14 +241,7 @@ def resume_run(info: RunInfo, timeout_s: float = 10.0) -> Iterator[Any]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or info.tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise NnopsError(
-            f"models/run.json names MLflow run {info.run_id} in the store {uri}, which does not "
-            "exist here (a run.json from another checkout?); retrain with `dvc repro -f train`"
-        )
-    ensure_reachable(uri, timeout_s)
-    mlflow.set_tracking_uri(uri)
+    uri = store_uri(info, timeout_s)
     try:
         mlflow.MlflowClient(uri).get_run(info.run_id)
     except MlflowException:
@@ -183,8 +249,69 @@ def resume_run(info: RunInfo, timeout_s: float = 10.0) -> Iterator[Any]:
             f"MLflow run {info.run_id} from models/run.json is not in the store {uri}; "
             "retrain with `dvc repro -f train`"
         ) from None
+    close_dead_runs(uri, info.experiment_id)
+    mlflow.MlflowClient(uri).set_tag(info.run_id, PID_TAG, str(os.getpid()))
     with mlflow.start_run(run_id=info.run_id) as run:
         yield run
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process, so that a later stage can tell a killed run from a live one."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_dead_runs(uri: str, experiment_id: str) -> list[str]:
+    """End as KILLED every RUNNING run of the experiment whose process on this host is gone.
+
+    A process killed with SIGKILL (or a machine that lost power) cannot end its own run; the
+    next stage that touches the store does it, and tags why. Runs held by another host, or
+    without the process tags, are left alone.
+
+    Args:
+        uri: the tracking URI.
+        experiment_id: the experiment to look in.
+
+    Returns:
+        The ids of the runs closed.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    host = socket.gethostname()
+    closed = []
+    try:
+        running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+    except Exception as exc:  # a sweep is housekeeping: never the reason a stage fails
+        log.debug("could not look for dead runs: %s", exc)
+        return []
+    for run in running:
+        tags = run.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if _alive(int(pid)):
+            continue
+        with store_lock(uri):
+            client.set_tag(run.info.run_id, "nnops.end_reason",
+                           f"its process {pid} on {host} died without ending it; closed by "
+                           f"process {os.getpid()}")  # fmt: skip
+            client.set_terminated(run.info.run_id, "KILLED")
+        log.warning(
+            "MLflow run %s was left RUNNING by process %s, which is gone: marked KILLED",
+            run.info.run_id, pid,
+        )  # fmt: skip
+        closed.append(run.info.run_id)
+    return closed
 
 
 def wait_for_server(uri: str, timeout_s: float) -> None:
@@ -310,6 +437,8 @@ def start_training_run(
 
     client = MlflowClient(uri)
     exp_id = experiment_id(uri, experiment)
+    close_dead_runs(uri, exp_id)
+    tags = {**tags, **process_tags()}
     if resume_id:
         try:
             run = client.get_run(resume_id)
@@ -319,6 +448,8 @@ def start_training_run(
             with store_lock(uri):
                 client.update_run(resume_id, status=RunStatus.to_string(RunStatus.RUNNING))
                 client.set_tag(resume_id, "nnops.resumed", "true")
+                for key, value in process_tags().items():
+                    client.set_tag(resume_id, key, value)
             log.info("continuing MLflow run %s", resume_id)
             return RunInfo(resume_id, exp_id, uri)
         log.info(
@@ -457,13 +588,50 @@ def finish_training_run(
     return RunInfo(info.run_id, info.experiment_id, info.tracking_uri, logged.model_uri, info.extra)
 
 
-def fail_run(info: RunInfo) -> None:
-    """Mark the run failed (it is continued if the stage is rerun with its backup).
+def fail_run(
+    info: RunInfo, status: str = "FAILED", epoch: int | None = None, reason: str | None = None
+) -> None:
+    """End the run as FAILED (an error) or KILLED (a signal); it is continued if the stage is
+    rerun with its backup.
 
     Args:
         info: the run to mark.
+        status: ``FAILED`` or ``KILLED``.
+        epoch: the last epoch logged, recorded as tag ``nnops.ended_at_epoch``.
+        reason: why, recorded as tag ``nnops.end_reason``.
     """
     from mlflow import MlflowClient
 
+    client = MlflowClient(info.tracking_uri)
     with store_lock(info.tracking_uri):
-        MlflowClient(info.tracking_uri).set_terminated(info.run_id, "FAILED")
+        if epoch is not None:
+            client.set_tag(info.run_id, "nnops.ended_at_epoch", str(epoch))
+        if reason:
+            client.set_tag(info.run_id, "nnops.end_reason", reason)
+        client.set_terminated(info.run_id, status)
+
+
+def end_interrupted(info: RunInfo, exc: BaseException, epoch: int) -> None:
+    """End a training run that did not finish: KILLED for a signal, FAILED for an error.
+
+    Args:
+        info: the run.
+        exc: what stopped it (``KeyboardInterrupt`` for SIGINT and SIGTERM).
+        epoch: the last epoch this process counted as logged (the run's own history wins).
+    """
+    try:  # what the run holds: a signal may land between logging an epoch and counting it
+        from mlflow import MlflowClient
+
+        steps = MlflowClient(info.tracking_uri).get_metric_history(info.run_id, "loss")
+        epoch = max([epoch, *(int(m.step) for m in steps)])
+    except Exception:  # the store is unreachable: keep the count we have
+        pass
+    if isinstance(exc, KeyboardInterrupt):
+        what = f"stopped by {exc.args[0] if exc.args else 'SIGINT'} at epoch {epoch}"
+        status = "KILLED"
+    else:
+        what, status = f"failed at epoch {epoch}: {type(exc).__name__}", "FAILED"
+    try:
+        fail_run(info, status, epoch, what)
+    except Exception as err:  # the store is gone too: say so, keep the original error
+        log.warning("could not mark MLflow run %s %s (%s)", info.run_id, status, err)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_project, project_env
+from conftest import REPO, make_project, project_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -100,7 +100,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from nnops.config import TrainParams
+from nnops.config import TrainParams, load_params
 from nnops.distribute import Runtime
 from nnops.train import TrainData, fit
 
@@ -115,7 +115,10 @@ for kind, strategy in [
     ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
 ]:
     keras.utils.set_random_seed(3)
-    params = TrainParams(epochs=2, batch_size=30, input_pipeline="tf_data", distribute=kind)
+    base = load_params(sys.argv[1]).train.model_dump()  # the repository's params.yaml
+    params = TrainParams.model_validate(
+        {**base, "epochs": 2, "batch_size": 30, "input_pipeline": "tf_data", "distribute": kind}
+    )
     runtime = Runtime(strategy, kind, int(strategy.num_replicas_in_sync), True, 0)
     model, result = fit(data, params, runtime, backup_dir=None)
     weights[kind] = [w.tolist() for w in model.get_weights()]
@@ -126,7 +129,7 @@ print("RESULT " + json.dumps(weights))
 
 def test_mirrored_over_two_replicas_matches_single_device_training(tmp_path: Path):
     proc = subprocess.run(
-        [sys.executable, "-c", MIRRORED],
+        [sys.executable, "-c", MIRRORED, str(REPO / "params.yaml")],
         capture_output=True, text=True, env=project_env(), timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, dvc, free_port, make_project, project_env, run, set_params
+from conftest import REPO, dvc, free_port, make_project, project_env, run, section, set_params
 
 pytestmark = pytest.mark.pipeline
 
@@ -65,7 +65,7 @@ def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
     import mlflow
     from mlflow.models import infer_signature
 
-    from nnops.config import HiddenLayer, TrainParams
+    from nnops.config import HiddenLayer
     from nnops.model import build_model
     from nnops.tracking import RunInfo, write_run_info
 
@@ -74,7 +74,10 @@ def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
         x, y = f["x_raw"], f["y"]
     with np.load(data / "val.npz") as f:
         xv, yv = f["x_raw"], f["y"]
-    params = TrainParams(hidden_layers=tuple(HiddenLayer(units=u) for u in units))
+    params = section(
+        "train",
+        hidden_layers=tuple(HiddenLayer(units=u, activation="relu", dropout=0.0) for u in units),
+    )
     keras.utils.set_random_seed(0)
     model = build_model(params, 64, 10, json.loads((data / "preprocessing.json").read_text()))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -377,7 +380,7 @@ def test_server_killed_midway_through_a_promotion_leaves_the_registry_consistent
         metrics = {"test": {"accuracy": 0.95}, "fit": {"verdict": "good fit"}}
 
         def record(run_id: str, previous: str | None) -> dict[str, str]:
-            gates = reg.gate_checks(0.95, "good fit", reg.RegisterParams())
+            gates = reg.gate_checks(0.95, "good fit", section("register"))
             return reg.promotion_tags(run_id, metrics, gates, "promoted", True, previous, None)
 
         reg.promote(client, NAME, "1", record(versions[0].run_id, None))
@@ -453,7 +456,15 @@ def test_dvc_repro_makes_a_champion_and_a_worse_rerun_does_not_replace_it(tmp_pa
     run(["git", "commit", "-qm", "first model"], cwd=root)
 
     # A worse model: one epoch of a tiny network. The gate stops it; the champion stays.
-    set_params(root, {"train": {"epochs": 1, "hidden_layers": [{"units": 4}]}})
+    set_params(
+        root,
+        {
+            "train": {
+                "epochs": 1,
+                "hidden_layers": [{"units": 4, "activation": "relu", "dropout": 0.0}],
+            }
+        },
+    )
     dvc("repro", cwd=root)
     registry = json.loads((root / "reports" / "registry.json").read_text())
     assert registry["promoted"] is False and registry["version"] == "2", registry

@@ -48,7 +48,9 @@ def test_default_run_draws_both_grids_and_the_report(reproduced_project: Path):
         assert run_id in text and data_hash in text and commit in text
     assert 'alt="attribution grid" src="data:image/png;base64,' in html
     assert 'alt="misclassified examples" src="data:image/png;base64,' in html
-    assert "| `train.epochs` | 20 | 3 |" in md  # the fast test params differ from the defaults
+    # The report lists params that differ from the committed params.yaml (code holds no
+    # defaults); this run used the committed ones.
+    assert "All params are as committed." in md
     assert _artifacts(root, "report") == ["report/report.html", "report/report.md"]
     assert {"explain/attributions.png", "explain/misclassified.png"} <= set(
         _artifacts(root, "explain")
@@ -87,10 +89,12 @@ def csv_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data": {"source": "csv", "path": "table.csv", "label_column": "target",
                  "exclude_columns": ["region"]},
         "train": {"epochs": 15},
-        "evaluate": {"slice_by": ["region"], "explain_repeats": 3},
+        "evaluate": {"explain_repeats": 3},
         "register": {"min_test_accuracy": 0.3, "require_good_fit": False},
     }  # fmt: skip
     make_project(root, params)
+    # An uncommitted change, as an experiment makes: the report lists it against the commit.
+    set_params(root, {"evaluate": {"slice_by": ["region"]}})
     dvc("repro", cwd=root)
     return root
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +17,37 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 
 
-def error_of(raw: object) -> str:
-    if isinstance(raw, dict) and isinstance(raw.get("validate"), dict):  # required keys filled in
-        base = yaml.safe_load((REPO / "params.yaml").read_text())["validate"]
-        raw = {**raw, "validate": {**base, **raw["validate"]}}
+def merged(overrides: dict) -> dict:
+    """The repository's params.yaml with ``overrides`` merged in (a nested dict replaces keys)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def merge(base: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+
+    merge(raw, copy.deepcopy(overrides))
+    return raw
+
+
+def error_of(raw: dict) -> str:
     with pytest.raises(ConfigError) as err:
-        parse_params(raw)
+        parse_params(merged(raw))
     return str(err.value)
+
+
+def _leaves(tree: object, prefix: tuple = ()) -> list[tuple]:
+    if isinstance(tree, dict):
+        return [leaf for k, v in tree.items() for leaf in _leaves(v, (*prefix, k))]
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        return [leaf for i, v in enumerate(tree) for leaf in _leaves(v, (*prefix, i))]
+    return [prefix]
+
+
+REPO_RAW = yaml.safe_load((REPO / "params.yaml").read_text())
+KEYS = [k for k in _leaves(REPO_RAW)]
 
 
 def test_repository_params_load_and_flatten_to_dotted_names():
@@ -32,13 +57,81 @@ def test_repository_params_load_and_flatten_to_dotted_names():
     assert flat["data.source"] == params.data.source
     assert flat["validate.drift_alpha"] == params.validate_.drift_alpha
     assert flat["train.hidden_layers.0.units"] == params.train.hidden_layers[0].units
-    # every leaf of params.yaml is a typed param, and the file sets every one of them
-    file_leaves = Params.model_validate(yaml.safe_load((REPO / "params.yaml").read_text()))
-    assert set(file_leaves.flat()) == set(flat)
+    # every leaf of params.yaml is a typed param under its dotted name
+    assert set(flat) == {".".join(map(str, k)) for k in KEYS}
+
+
+@pytest.mark.parametrize("key", KEYS, ids=[".".join(map(str, k)) for k in KEYS])
+def test_every_key_missing_from_params_yaml_is_an_error(key: tuple):
+    """params.yaml is the only source of values: the code holds no default to fall back on."""
+    raw = copy.deepcopy(REPO_RAW)
+    node = raw
+    for part in key[:-1]:
+        node = node[part]
+    del node[key[-1]]
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert f"{'.'.join(map(str, key))}: required key is missing" in str(err.value)
+
+
+@pytest.mark.parametrize("section_name", sorted(REPO_RAW))
+def test_a_missing_section_is_an_error(section_name: str):
+    raw = {k: v for k, v in REPO_RAW.items() if k != section_name}
+    with pytest.raises(ConfigError, match=f"{section_name}: required key is missing"):
+        parse_params(raw)
+
+
+def test_train_stage_refuses_params_without_train_epochs(tmp_path: Path):
+    """Issue 10's case: deleting train.epochs used to train with a hidden code default of 20."""
+    raw = copy.deepcopy(REPO_RAW)
+    del raw["train"]["epochs"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines/train.py"), "--params", str(params)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "train.epochs: required key is missing" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"l2": float("inf")}}, "train.l2: received inf; must be a finite number"),
+        ({"train": {"learning_rate": float("nan")}}, "train.learning_rate: received nan"),
+        ({"validate": {"value_max": float("-inf")}}, "validate.value_max: received -inf"),
+        ({"split": {"seed": -1}}, "split.seed: received -1; must be greater than or equal to 0"),
+        ({"train": {"seed": -1}}, "train.seed: received -1; must be greater than or equal to 0"),
+        ({"train": {"seed": 2**40}}, "train.seed: received 1099511627776; must be less than"),
+        ({"train": {"epochs": True}}, "train.epochs: received True; must be a valid integer"),
+        ({"train": {"batch_size": "32"}}, "train.batch_size: received '32'; must be a valid int"),
+        ({"train": {"l2": False}}, "train.l2: received False; must be a valid number"),
+        ({"train": {"deterministic": 1}}, "train.deterministic: received 1; must be a valid bool"),
+        ({"train": {"hidden_layers": []}}, "train.hidden_layers: received []; list at least one"),
+        ({"trian": {"epochs": 3}}, "trian: unknown key; did you mean 'train'?"),
+        ({"register": {"model_name": ""}}, "register.model_name: received ''"),
+    ],
+)  # fmt: skip
+def test_values_that_would_crash_later_are_stopped_here(raw: dict, expected: str):
+    assert expected in error_of(raw)
+
+
+def test_empty_hidden_layers_only_when_explicitly_allowed():
+    raw = merged({"train": {"hidden_layers": [], "allow_no_hidden_layers": True}})
+    # the default tune space varies the hidden layers, which needs one to start from
+    raw["tune"]["space"] = [d for d in raw["tune"]["space"] if "hidden" not in d["key"]]
+    assert parse_params(raw).train.hidden_layers == ()
+
+
+def test_integers_are_fine_where_floats_are_expected():
+    params = parse_params(merged({"mlflow": {"connect_timeout_s": 5}, "train": {"l2": 0}}))
+    assert params.mlflow.connect_timeout_s == 5.0 and params.train.l2 == 0.0
 
 
 def test_params_are_frozen():
-    params = load_params(REPO / "params.yaml")
+    params = parse_params(merged({}))
     with pytest.raises(ValueError):
         params.data.source = "csv"  # type: ignore[misc]
 
@@ -126,12 +219,12 @@ def test_bad_literal_lists_the_choices(raw: dict, key: str, allowed: str):
 
 @pytest.mark.parametrize("source", ["csv", "npz"])
 def test_local_source_without_path_or_url(source: str):
-    assert f"data.source={source!r} needs data.path (a local file) or data.url" in error_of(
-        {"data": {"source": source}}
-    )
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert parse_params({**base, "data": {"source": source, "path": "d"}}).data.path == "d"
-    assert parse_params({**base, "data": {"source": source, "url": "http://x/d"}}).data.url
+    for path in (None, "inputs/embedded.txt"):  # unset, or left at the embedded placeholder
+        assert f"data.source={source!r} needs data.path (a local file) or data.url" in error_of(
+            {"data": {"source": source, "path": path}}
+        )
+    assert parse_params(merged({"data": {"source": source, "path": "d"}})).data.path == "d"
+    assert parse_params(merged({"data": {"source": source, "url": "http://x/d"}})).data.url
 
 
 def test_every_error_is_reported_at_once():
@@ -158,7 +251,7 @@ HEAVY = ("tensorflow", "keras", "great_expectations", "mlflow", "sklearn", "pand
 @pytest.mark.parametrize("stage", ["ingest", "validate", "preprocess"])
 def test_stage_with_bad_params_exits_2_before_heavy_imports(tmp_path: Path, stage: str):
     params = tmp_path / "params.yaml"
-    params.write_text("data:\n  sorce: csv\n")
+    params.write_text(yaml.safe_dump(merged({"data": {"sorce": "csv"}})))
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", str(REPO / f"pipelines/{stage}.py"),
          "--params", str(params)],

@@ -5,13 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnops.config import FitThresholds, HiddenLayer, TrainParams
+from conftest import section
+from nnops.config import HiddenLayer
 from nnops.diagnose import ACTIONS, GOOD_FIT, OVERFITTING, UNDERFITTING, diagnose, epoch_evidence
 
 pytestmark = pytest.mark.unit
 
-T = FitThresholds(
-    min_train_accuracy=0.9, max_accuracy_gap=0.05, max_loss_gap=0.15, min_val_loss_rise=0.1
+T = section(
+    "evaluate.fit",
+    min_train_accuracy=0.9,
+    max_accuracy_gap=0.05,
+    max_loss_gap=0.15,
+    min_val_loss_rise=0.1,
 )
 
 
@@ -148,22 +153,27 @@ def train_and_diagnose(digits, params, subset=None, noise=0.0):
     names = [str(i) for i in range(10)]
     train = ev.score_split(y_tr, ev.predict_proba(model, x_tr), names)
     val = ev.score_split(y_va, ev.predict_proba(model, x_va), names)
-    return diagnose(train.headline(), val.headline(), history.history, FitThresholds())
+    return diagnose(train.headline(), val.headline(), history.history, section("evaluate.fit"))
 
 
 def layers(*units):
-    return tuple(HiddenLayer(units=u) for u in units)
+    return tuple(HiddenLayer(units=u, activation="relu", dropout=0.0) for u in units)
 
 
 def test_tiny_model_trained_briefly_underfits(digits):
-    d = train_and_diagnose(digits, TrainParams(hidden_layers=layers(2), epochs=1))
+    d = train_and_diagnose(digits, section("train", hidden_layers=layers(2), epochs=1))
     assert d.verdict == UNDERFITTING, d.summary()
     assert d.train_accuracy < 0.9
 
 
 def test_large_model_on_small_noisy_subset_trained_long_overfits(digits):
-    params = TrainParams(
-        hidden_layers=layers(256, 256), epochs=60, batch_size=16, learning_rate=0.003, l2=0.0
+    params = section(
+        "train",
+        hidden_layers=layers(256, 256),
+        epochs=60,
+        batch_size=16,
+        learning_rate=0.003,
+        l2=0.0,
     )
     d = train_and_diagnose(digits, params, subset=120, noise=0.3)
     assert d.verdict == OVERFITTING, d.summary()
@@ -173,6 +183,6 @@ def test_large_model_on_small_noisy_subset_trained_long_overfits(digits):
 
 
 def test_default_model_on_digits_is_a_good_fit(digits):
-    d = train_and_diagnose(digits, TrainParams())  # the project's defaults: 64-64, 20 epochs
+    d = train_and_diagnose(digits, section("train"))  # the project's defaults: 64-64, 20 epochs
     assert d.verdict == GOOD_FIT, d.summary()
     assert d.train_accuracy >= 0.9

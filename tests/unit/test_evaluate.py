@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import section
 from nnops import evaluate as ev
-from nnops.config import FitThresholds, TrainParams
 from nnops.diagnose import diagnose
 from nnops.errors import NnopsError
 
@@ -127,7 +127,7 @@ def test_write_plots_writes_dvc_files_and_pngs(tmp_path: Path):
 def test_evaluation_report_puts_test_details_first():
     y = np.array([0, 1, 2])
     s = ev.score_split(y, np.eye(3)[y] * 0.9 + 0.1 / 3, NAMES)
-    fit = diagnose(s.headline(), s.headline(), None, FitThresholds())
+    fit = diagnose(s.headline(), s.headline(), None, section("evaluate.fit"))
     report = ev.evaluation_report({"train": s, "val": s, "test": s}, NAMES, fit, None)
     assert report["verdict"] == "good fit" and report["class_names"] == NAMES
     assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
@@ -141,7 +141,9 @@ def test_learning_curve_retrains_the_train_stage_model_on_growing_shares():
     x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
     train, val = (x[:1200], y[:1200]), (x[1200:], y[1200:])
     names = [str(i) for i in range(10)]
-    fitter = ev.keras_fitter(TrainParams(epochs=3), {"method": "rescale", "scale": 1 / 16}, 10, val)
+    fitter = ev.keras_fitter(
+        section("train", epochs=3), {"method": "rescale", "scale": 1 / 16}, 10, val
+    )
     rows = ev.learning_curve(fitter, train, val, [1.0, 0.1], names, seed=0)
     assert [r["fraction"] for r in rows] == [0.1, 1.0]
     assert [r["train_size"] for r in rows] == [120, 1200]

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import section
 from nnops import explain
-from nnops.config import EvaluateParams
 from nnops.errors import NnopsError
 
 pytestmark = pytest.mark.unit
@@ -150,7 +150,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def test_explain_test_set_for_images_writes_both_grids(image_case):
     model, x, y = image_case
     meta = {"source": "npz", "class_names": ["a", "b", "c"], "image_shape": [4, 4]}
-    params = EvaluateParams(explain_samples=10, explain_steps=8, explain_errors=4)
+    params = section("evaluate", explain_samples=10, explain_steps=8, explain_errors=4)
     result = explain.explain_test_set(model, {"x_raw": x, "y": y}, meta, params, seed=0)
     assert set(result.files) >= {"attributions.png", "misclassified.png", "slices.json"}
     assert "importances.png" not in result.files
@@ -174,7 +174,7 @@ def test_explain_test_set_for_tables_ranks_features_and_slices(table_case):
         "image_shape": None,
         "feature_names": [f"col{i}" for i in range(8)],
     }
-    params = EvaluateParams(slice_by=("group",), explain_repeats=2)
+    params = section("evaluate", slice_by=("group",), explain_repeats=2)
     result = explain.explain_test_set(model, test, meta, params, seed=0)
     assert {"importances.png", "importances.csv", "slices.csv"} <= set(result.files)
     assert "attributions.png" not in result.files
@@ -189,7 +189,7 @@ def test_explain_test_set_for_tables_ranks_features_and_slices(table_case):
 def test_explain_disabled_still_reports_slices(table_case):
     model, x, y = table_case
     meta = {"class_names": ["p", "q", "r"], "image_shape": None}
-    params = EvaluateParams(explain=False)
+    params = section("evaluate", explain=False)
     result = explain.explain_test_set(model, {"x_raw": x, "y": y}, meta, params, seed=0)
     assert result.summary["kind"] == "disabled"
     assert set(result.files) == {"explain.json", "slices.json", "slices.csv"}
@@ -198,6 +198,6 @@ def test_explain_disabled_still_reports_slices(table_case):
 def test_explain_test_set_names_a_missing_slice_column(table_case):
     model, x, y = table_case
     test = {"x_raw": x, "y": y, "slice__region": np.array(["n"] * len(x))}
-    params = EvaluateParams(slice_by=("regoin",))
+    params = section("evaluate", slice_by=("regoin",))
     with pytest.raises(NnopsError, match=r"'regoin' not found.*available slice columns: region"):
         explain.explain_test_set(model, test, {"image_shape": None}, params, seed=0)

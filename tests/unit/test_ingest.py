@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from conftest import section
 from nnops import ingest
-from nnops.config import DataParams
 from nnops.errors import NnopsError
 
 pytestmark = pytest.mark.unit
@@ -80,7 +81,7 @@ def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
 
 
 def test_digits_is_the_bundled_8x8_set_with_its_pixel_range():
-    raw = ingest.load(DataParams())
+    raw = ingest.load(section("data"))
     assert raw.frame.shape == (1797, 64 + 2)
     assert list(raw.frame.columns[:2]) == ["px_0", "px_1"]
     assert raw.frame["px_0"].dtype == np.uint8 and raw.frame["label"].dtype == np.int64
@@ -107,7 +108,7 @@ def test_npz_missing_key_names_the_key_and_file(tmp_path: Path):
 
 
 def test_npz_missing_file_names_the_file(tmp_path: Path):
-    with pytest.raises(NnopsError, match=r"nothere\.npz: npz file not found"):
+    with pytest.raises(NnopsError, match=r"nothere\.npz: not found; expected an npz file"):
         ingest.read_npz(tmp_path / "nothere.npz")
 
 
@@ -151,7 +152,7 @@ def test_csv_one_bad_cell_in_a_numeric_column_is_reported(tmp_path: Path):
 
 
 def test_csv_missing_file_and_unknown_excluded_column(tmp_path: Path):
-    with pytest.raises(NnopsError, match=r"absent\.csv: csv file not found"):
+    with pytest.raises(NnopsError, match=r"absent\.csv: not found; expected a csv file"):
         ingest.read_csv(tmp_path / "absent.csv", "label")
     with pytest.raises(NnopsError, match=r"exclude_columns names \['town'\]"):
         ingest.read_csv(write_csv(tmp_path / "d.csv"), "species", ["town"])
@@ -173,7 +174,7 @@ def test_labels_that_are_not_classes_are_refused():
 
 def test_exclude_columns_outside_csv_is_refused():
     with pytest.raises(NnopsError, match="applies only to data.source=csv"):
-        ingest.load(DataParams(source="digits", exclude_columns=("city",)))
+        ingest.load(section("data", source="digits", exclude_columns=("city",)))
 
 
 def test_missing_text_in_a_slice_column_is_kept_and_hashed(tmp_path: Path):
@@ -210,7 +211,7 @@ def test_url_download_is_cached_and_checked(http_root, tmp_path: Path):
     base, served = http_root
     data = write_csv(served / "people.csv")
     digest = hashlib.sha256(data.read_bytes()).hexdigest()
-    params = DataParams(
+    params = section("data",
         source="csv", url=f"{base}/people.csv", sha256=digest, label_column="species",
         exclude_columns=("city",), cache_dir=str(tmp_path / "cache"),
     )  # fmt: skip
@@ -225,7 +226,7 @@ def test_url_download_is_cached_and_checked(http_root, tmp_path: Path):
 def test_npz_download(http_root, tmp_path: Path):
     base, served = http_root
     write_npz(served / "mini.npz")
-    params = DataParams(source="npz", url=f"{base}/mini.npz", cache_dir=str(tmp_path / "c"))
+    params = section("data", source="npz", url=f"{base}/mini.npz", cache_dir=str(tmp_path / "c"))
     assert ingest.load(params).meta["has_test_split"]
 
 
@@ -249,7 +250,9 @@ def test_http_error_names_url_and_status(http_root, tmp_path: Path):
 def run_ingest(tmp_path: Path, params_yaml: str) -> tuple[subprocess.CompletedProcess, list]:
     """Run pipelines/ingest.py in a fresh interpreter; return it and the heavy modules loaded."""
     params = tmp_path / "params.yaml"
-    params.write_text(params_yaml)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(yaml.safe_load(params_yaml)["data"])  # the real file, data edited
+    params.write_text(yaml.safe_dump(raw))
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['ingest', '--out', {str(tmp_path / 'raw')!r}, '--params', {str(params)!r}]\n"
@@ -284,3 +287,147 @@ def test_stage_bad_csv_exits_2_naming_the_column(tmp_path: Path):
     assert proc.returncode == 2
     assert "ingest: error:" in proc.stderr and "'city' is not numeric" in proc.stderr
     assert heavy == [] and not (tmp_path / "raw/data.parquet").exists()
+
+
+# ---------------------------------------------------------------- secrets in download sources
+
+USER, PASSWORD, TOKEN = "bob", "s3cr@t:pw", "tok-9f8e7d"
+
+
+class AuthHandler(QuietHandler):
+    """Serves files only to basic auth bob/PASSWORD, a bearer TOKEN or ``?token=TOKEN``."""
+
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        auth = self.headers.get("Authorization", "")
+        AuthHandler.seen.append({"auth": auth, "host": self.headers.get("Host", "")})
+        ok = auth in (ingest.basic_auth(USER, PASSWORD), f"Bearer {TOKEN}")
+        if not ok and self.path.endswith(f"?token={TOKEN}"):
+            ok = True
+            self.path = self.path.split("?", 1)[0]
+        if not ok:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="data"')
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def auth_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on 127.0.0.1 that wants credentials."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    root = tmp_path / "served"
+    root.mkdir()
+    write_csv(root / "people.csv")
+    AuthHandler.seen = []
+    handler = functools.partial(AuthHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def csv_params(tmp_path: Path, **data: object):
+    return section("data", source="csv", label_column="species", exclude_columns=("city",),
+                   cache_dir=str(tmp_path / "cache"), **data)  # fmt: skip
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(
+    auth_root, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    host, _ = auth_root
+    url = f"http://{USER}:s3cr%40t%3Apw@{host}/people.csv?token=wrong"
+    caplog.set_level("DEBUG")
+    raw = ingest.load(csv_params(tmp_path, url=url))
+    assert len(raw.frame) == 12
+    assert AuthHandler.seen[-1] == {"auth": ingest.basic_auth(USER, PASSWORD), "host": host}
+    assert "s3cr" not in caplog.text and "wrong" not in caplog.text
+    assert f"http://{USER}:***@{host}/people.csv?token=***" in caplog.text
+    assert "data.auth_env" in caplog.text  # the warning says where secrets belong
+
+
+def test_a_wrong_password_is_named_without_the_password(auth_root, tmp_path: Path):
+    host, _ = auth_root
+    with pytest.raises(NnopsError) as err:
+        ingest.fetch(f"http://{USER}:hunter2@{host}/people.csv", tmp_path / "cache")
+    message = str(err.value)
+    assert "HTTP 401" in message and "data.auth_env" in message
+    assert "hunter2" not in message and f"{USER}:***@{host}" in message
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("secret", [f"{USER}:{PASSWORD}", f"Bearer {TOKEN}"])
+def test_auth_env_names_the_variable_that_holds_the_secret(
+    auth_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
+):
+    host, _ = auth_root
+    monkeypatch.setenv("PEOPLE_AUTH", secret)
+    params = csv_params(tmp_path, url=f"http://{host}/people.csv", auth_env="PEOPLE_AUTH")
+    assert len(ingest.load(params).frame) == 12
+    monkeypatch.delenv("PEOPLE_AUTH")
+    fresh = csv_params(tmp_path / "again", url=f"http://{host}/people.csv", auth_env="PEOPLE_AUTH")
+    with pytest.raises(NnopsError, match="data.auth_env names the environment variable "
+                                         "PEOPLE_AUTH, which is not set"):  # fmt: skip
+        ingest.load(fresh)
+
+
+def test_flat_params_mask_url_secrets():
+    from nnops.config import parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(source="csv", url=f"https://{USER}:{PASSWORD}@h/p.csv?token={TOKEN}")
+    raw["mlflow"]["tracking_uri"] = f"https://{USER}:{PASSWORD}@mlflow.example"
+    flat = parse_params(raw).flat()
+    assert flat["data.url"] == f"https://{USER}:***@h/p.csv?token=***"
+    assert flat["mlflow.tracking_uri"] == f"https://{USER}:***@mlflow.example"
+    assert TOKEN not in json.dumps(flat) and "s3cr" not in json.dumps(flat)
+
+
+@pytest.mark.pipeline
+def test_a_token_url_from_the_environment_never_reaches_dvc_lock_or_the_log(auth_root, tmp_path):
+    """The documented way: data.url_env names a variable; dvc.lock holds only its name."""
+    from conftest import dvc, make_project, project_env
+
+    host, _ = auth_root
+    project = make_project(tmp_path / "repo", {"data": {
+        "source": "csv", "url_env": "PEOPLE_URL", "label_column": "species",
+        "exclude_columns": ["city"]}})  # fmt: skip
+    env = project_env(PEOPLE_URL=f"http://{host}/people.csv?token={TOKEN}",
+                      no_proxy="127.0.0.1", NO_PROXY="127.0.0.1")  # fmt: skip
+    proc = dvc("repro", "ingest", cwd=project, env=env)
+    assert (project / "data/raw/data.parquet").is_file()
+    lock = (project / "dvc.lock").read_text()
+    assert "PEOPLE_URL" in lock and TOKEN not in lock
+    assert TOKEN not in proc.stdout + proc.stderr
+    assert TOKEN not in (project / "params.yaml").read_text()
+
+
+def test_a_duplicated_csv_header_is_refused_naming_the_column(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text("x,y,x,label\n1,2,3,a\n4,5,6,b\n")
+    with pytest.raises(NnopsError, match=r"d\.csv: column 'x' appears more than once in the "
+                                         r"header \(again as column 3\)"):  # fmt: skip
+        ingest.read_csv(path, "label")
+
+
+def test_directory_missing_file_and_symlink_loop_are_told_apart(tmp_path: Path):
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "loop.csv").symlink_to(tmp_path / "loop.csv")
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "gone.csv")
+    messages = {}
+    for name in ("folder.csv", "absent.csv", "loop.csv", "dangling.csv"):
+        with pytest.raises(NnopsError) as err:
+            ingest.read_csv(tmp_path / name, "label")
+        messages[name] = str(err.value)
+    assert "folder.csv: is a directory; expected a csv file (data.path)" in messages["folder.csv"]
+    assert "absent.csv: not found; expected a csv file" in messages["absent.csv"]
+    assert "loop.csv: symlink loop; expected a csv file" in messages["loop.csv"]
+    assert "dangling.csv: broken symlink to " in messages["dangling.csv"]
+    assert len(set(messages.values())) == 4

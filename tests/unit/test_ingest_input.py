@@ -1,4 +1,4 @@
-"""ingest.input_file: which file an npz / csv source reads, and the checks before it is read."""
+"""ingest.source_file: which file an npz / csv source reads, and the checks before it is read."""
 
 from __future__ import annotations
 
@@ -7,16 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from nnops.config import DataParams
+from conftest import section
+from nnops.config import PLACEHOLDER
 from nnops.errors import NnopsError
-from nnops.ingest import PLACEHOLDER, input_file
+from nnops.ingest import source_file
 
 pytestmark = pytest.mark.unit
 
 
 def test_placeholder_is_refused_for_file_sources() -> None:
-    with pytest.raises(NnopsError, match=r"data.source='csv' needs data.path .* placeholder"):
-        input_file(DataParams(source="csv", path=PLACEHOLDER))
+    # Refused when params are read, before any stage runs.
+    with pytest.raises(ValueError, match=r"data.source='csv' needs data.path .* placeholder"):
+        section("data", source="csv", path=PLACEHOLDER)
 
 
 def test_params_yaml_default_is_the_tracked_placeholder() -> None:
@@ -32,6 +34,6 @@ def test_local_file_is_checked_against_sha256(tmp_path: Path) -> None:
     data = tmp_path / "t.csv"
     data.write_text("a,label\n1,0\n")
     good = hashlib.sha256(data.read_bytes()).hexdigest()
-    assert input_file(DataParams(source="csv", path=str(data), sha256=good.upper())) == data
+    assert source_file(section("data", source="csv", path=str(data), sha256=good.upper())) == data
     with pytest.raises(NnopsError, match=rf"t.csv: sha256 is {good}, expected 0+ \(data.sha256\)"):
-        input_file(DataParams(source="csv", path=str(data), sha256="0" * 64))
+        source_file(section("data", source="csv", path=str(data), sha256="0" * 64))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nnops.config import HiddenLayer, TrainParams, load_params
+from conftest import section
+from nnops.config import HiddenLayer
 from nnops.errors import NnopsError
 
 keras = pytest.importorskip("keras")
@@ -37,7 +37,7 @@ def _data(n: int = 240, d: int = 12, k: int = 3, seed: int = 0) -> TrainData:
 
 
 def test_default_params_build_the_textbook_model():
-    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml").train
+    params = section("train")
     model = build_model(params, n_features=64, n_classes=10, preprocessing={"method": "none"})
     compile_model(model, params, steps_per_epoch=10)
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
@@ -81,10 +81,11 @@ def test_bad_preprocessing_spec_names_the_problem(spec, message):
 
 
 def test_params_shape_the_network_and_optimizer():
-    params = TrainParams(
+    params = section(
+        "train",
         hidden_layers=(
             HiddenLayer(units=32, activation="tanh", dropout=0.25),
-            HiddenLayer(units=16, activation="gelu"),
+            HiddenLayer(units=16, activation="gelu", dropout=0.0),
         ),
         l2=0.01,
         optimizer="sgd",
@@ -109,7 +110,7 @@ def test_params_shape_the_network_and_optimizer():
 
 def test_saved_model_takes_raw_input_and_loads_in_safe_mode(tmp_path):
     data = _data()
-    model, _ = fit(data, TrainParams(epochs=2), _runtime(), backup_dir=None)
+    model, _ = fit(data, section("train", epochs=2), _runtime(), backup_dir=None)
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
@@ -121,7 +122,7 @@ def test_saved_model_takes_raw_input_and_loads_in_safe_mode(tmp_path):
 
 
 def test_mixed_precision_keeps_float32_probabilities():
-    params = TrainParams(mixed_precision=True)
+    params = section("train", mixed_precision=True)
     model = build_model(params, 6, 3, RESCALE, mixed_precision=True)
     assert model.get_layer("hidden_1").compute_dtype == "float16"
     assert model(np.ones((2, 6), "float32")).dtype == "float32"
@@ -147,10 +148,14 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
 
 def test_two_deterministic_fits_are_bit_identical():
     data = _data()
-    params = TrainParams(
+    params = section(
+        "train",
         epochs=3,
         learning_rate=0.01,
-        hidden_layers=(HiddenLayer(units=16, dropout=0.2), HiddenLayer(units=8)),
+        hidden_layers=(
+            HiddenLayer(units=16, activation="relu", dropout=0.2),
+            HiddenLayer(units=8, activation="relu", dropout=0.0),
+        ),
     )
     runs = []
     for _ in range(2):
@@ -170,10 +175,13 @@ def test_two_deterministic_fits_are_bit_identical():
 )
 def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path, early_stopping, torn):
     data = _data()
-    params = TrainParams(
+    params = section(
+        "train",
         epochs=4,
-        hidden_layers=(HiddenLayer(units=16, dropout=0.3),),
-        early_stopping={"enabled": early_stopping, "patience": 3, "monitor": "val_accuracy"},
+        hidden_layers=(HiddenLayer(units=16, activation="relu", dropout=0.3),),
+        early_stopping=section(
+            "train.early_stopping", enabled=early_stopping, patience=3, monitor="val_accuracy"
+        ),
     )
 
     class Stop(keras.callbacks.Callback):
@@ -212,7 +220,7 @@ def test_in_graph_loop_trains_like_model_fit(pipeline):
     fits = {}
     for name in ("in_graph", pipeline):
         keras.utils.set_random_seed(7)
-        params = TrainParams(epochs=3, learning_rate=0.01, input_pipeline=name)
+        params = section("train", epochs=3, learning_rate=0.01, input_pipeline=name)
         model, result = fit(data, params, _runtime(), backup_dir=None)
         fits[name] = (model.get_weights(), result.history)
     (w_graph, h_graph), (w_fit, h_fit) = fits["in_graph"], fits[pipeline]

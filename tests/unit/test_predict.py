@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def test_console_script_rejects_bad_input_with_exit_2(tmp_path: Path, model_file
     )
     assert proc.returncode == 2
     assert "nnops-predict: error:" in proc.stderr
-    assert "bad.csv: 2 columns, but the model takes 3 features" in proc.stderr
+    assert "bad.csv: the header has 2 columns, but the model takes 3 features" in proc.stderr
     assert (tmp_path / "out.csv").read_text() == "previous predictions\n"  # left untouched
 
 
@@ -230,3 +231,113 @@ def test_registered_model_by_alias_uses_recorded_class_names(tmp_path: Path, mod
         assert code == 2  # the signature says 3 features
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_outside_a_project_predict_creates_no_store(tmp_path: Path):
+    (tmp_path / "rows.csv").write_text("a,b,c\n1,2,3\n")
+    proc = subprocess.run(
+        [str(BIN / "nnops-predict"), "--input", "rows.csv", "--out", "o.csv"],
+        capture_output=True, text=True, env=project_env(), cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "holds no params.yaml; run in the project directory, or pass --tracking-uri" in (
+        proc.stderr
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]  # no ./mlflow.db
+
+
+def test_a_missing_embedded_store_is_not_created(tmp_path: Path, capsys):
+    (tmp_path / "rows.csv").write_text("a,b,c\n1,2,3\n")
+    uri = f"sqlite:///{tmp_path / 'nowhere.db'}"
+    args = ["--model", "models:/m@champion", "--tracking-uri", uri]
+    assert main([*args, "--input", str(tmp_path / "rows.csv"), "--out", "o.csv"]) == 2
+    assert "nowhere.db: no MLflow store there" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere.db").exists()
+
+
+def _predict(model_file: Path, rows: Path, out: Path) -> int:
+    return main(["--model", str(model_file), "--input", str(rows), "--out", str(out)])
+
+
+def test_a_duplicated_header_is_refused_naming_the_column(tmp_path, model_file, capsys):
+    (tmp_path / "rows.csv").write_text("a,b,a\n1,2,3\n")
+    assert _predict(model_file, tmp_path / "rows.csv", tmp_path / "o.csv") == 2
+    assert "rows.csv: column 'a' appears more than once in the header" in capsys.readouterr().err
+
+
+def test_directory_missing_and_symlink_loop_inputs_are_told_apart(tmp_path, model_file, capsys):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "loop.csv").symlink_to(tmp_path / "loop.csv")
+    seen = []
+    for name in ("folder", "absent.csv", "loop.csv"):
+        assert _predict(model_file, tmp_path / name, tmp_path / "o.csv") == 2
+        seen.append(capsys.readouterr().err)
+    assert "folder: is a directory" in seen[0]
+    assert "absent.csv: not found" in seen[1]
+    assert "loop.csv: symlink loop" in seen[2]
+
+
+def test_out_pointing_at_a_directory_is_a_clear_error(tmp_path, model_file, capsys):
+    (tmp_path / "rows.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp_path / "out").mkdir()
+    assert _predict(model_file, tmp_path / "rows.csv", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "out: is a directory; --out takes the predictions CSV file to write" in err
+    assert "Traceback" not in err
+
+
+def test_a_wide_file_is_refused_from_its_header(tmp_path, model_file, capsys):
+    wide = tmp_path / "wide.csv"
+    n = 200_000
+    wide.write_text(",".join(f"c{i}" for i in range(n)) + "\n" + ",".join(["1"] * n) + "\n")
+    assert _predict(model_file, wide, tmp_path / "o.csv") == 2
+    assert f"wide.csv: the header has {n} columns, but the model takes 3" in (
+        capsys.readouterr().err
+    )
+
+
+def test_bad_cells_are_named_by_their_row_in_the_file_across_chunks(tmp_path, monkeypatch):
+    import nnops.predict as pr
+
+    monkeypatch.setattr(pr, "CHUNK_CELLS", 6)  # two rows of three cells per chunk
+    rows = ["a,b,c"] + [f"{i},{i},{i}" for i in range(1, 8)] + ["8,oops,8"]
+    (tmp_path / "rows.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(NnopsError, match=r"column 'b', row 8: 'oops'"):
+        pr.read_rows(tmp_path / "rows.csv", 3)
+    (tmp_path / "ok.csv").write_text("\n".join(rows[:-1]) + "\n")
+    x = pr.read_rows(tmp_path / "ok.csv", 3)
+    assert x.shape == (7, 3) and x[:, 0].tolist() == list(range(1, 8))
+
+
+MEASURE = """
+import sys
+import numpy as np
+from nnops.predict import read_rows
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+read_rows(sys.argv[2], 20)  # warm up: imports, parser set-up
+before = hwm()
+x = read_rows(sys.argv[1], 20)
+print((hwm() - before) / int(sys.argv[3]), x.shape[0])
+"""
+
+
+def test_csv_prediction_memory_stays_within_a_few_times_the_file_size(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.csv"
+    frame = pd.DataFrame(rng.random((200_000, 20)).round(5), columns=[f"f{i}" for i in range(20)])
+    frame.to_csv(big, index=False)
+    frame.head(50).to_csv(tmp_path / "small.csv", index=False)
+    size = big.stat().st_size
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(big), str(tmp_path / "small.csv"), str(size)],
+        capture_output=True, text=True, env=project_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ratio, rows = proc.stdout.split()
+    assert int(rows) == 200_000
+    assert float(ratio) < 3.0, f"peak memory grew by {float(ratio):.1f}x the file size"

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import section
 from nnops import register as reg
-from nnops.config import RegisterParams
 
 pytestmark = pytest.mark.unit
 
-P = RegisterParams(
+P = section(
+    "register",
     model_name="m",
     min_test_accuracy=0.9,
     require_good_fit=True,
@@ -136,3 +137,82 @@ def test_registry_edge_promotes_records_history_and_reuses_versions(registry):
     y = np.array([0, 1, 0])
     assert reg.score_model("models:/m/1", x, y) == 1.0
     assert reg.score_model("models:/m@champion", x, y) == pytest.approx(1 / 3)  # bias favours 1
+
+
+QUOTED = "bob's model"
+METRICS = {"test": {"accuracy": 0.95}, "fit": {"verdict": "good fit"}}
+
+
+@pytest.fixture
+def quoted_registry(tmp_path: Path):
+    """A real sqlite store; two tiny models (2 inputs) registered under a name with a quote."""
+    import keras
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    versions = []
+    for _ in range(2):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+        with mlflow.start_run(experiment_id=exp) as run:
+            info = mlflow.keras.log_model(model, name="model")
+        versions.append(reg.register_version(client, QUOTED, info.model_uri, run.info.run_id))
+    yield client, versions
+    mlflow.set_tracking_uri(None)
+
+
+def task(n: int, classes: list[str]) -> dict:
+    return reg.task_of({"n_features": n, "feature_names": [f"f{i}" for i in range(n)],
+                        "class_names": classes})  # fmt: skip
+
+
+def test_task_signature_follows_inputs_and_labels():
+    a = reg.task_signature(task(2, ["x", "y"]))
+    assert a == reg.task_signature(task(2, ["x", "y"]))
+    assert a != reg.task_signature(task(3, ["x", "y"]))
+    assert a != reg.task_signature(task(2, ["x", "z"]))
+    assert (
+        reg.describe_task(task(4, ["a", "b", "c"]))
+        == "4 features (f0, f1, f2, ...), 3 classes (a, b, c)"
+    )
+
+
+@pytest.mark.parametrize(("value", "quoted"), [("m", "'m'"), ("bob's", '"bob\'s"')])
+def test_filter_values_are_quoted(value: str, quoted: str):
+    assert reg.quote_filter(value) == quoted
+    with pytest.raises(Exception, match="both quote characters"):
+        reg.quote_filter("""a'b"c""")
+
+
+@pytest.mark.slow
+def test_a_champion_of_another_task_is_not_scored_and_a_new_lineage_starts(quoted_registry):
+    client, (v1, v2) = quoted_registry
+    assert reg.version_for_run(client, QUOTED, v1.run_id, v1.source).version == v1.version
+    first = reg.decide(client, QUOTED, "1", v1.run_id, METRICS, P, (None, None), ["x", "y"],
+                       task=task(2, ["x", "y"]))  # fmt: skip
+    assert first["promoted"] and first["new_lineage"] is None
+    # The candidate takes 3 features: scoring the 2-input champion on its test rows would raise.
+    x3, y = np.zeros((4, 3), dtype=np.float32), np.zeros(4, dtype=int)
+    second = reg.decide(client, QUOTED, "2", v2.run_id, METRICS, P, (x3, y), ["a", "b", "c"],
+                        task=task(3, ["a", "b", "c"]))  # fmt: skip
+    assert second["new_lineage"].startswith("champion version 1 was trained on another task")
+    assert "register.model_name" in second["reason"] and second["champion_accuracy"] is None
+    assert "not_worse_than_champion" not in [g["name"] for g in second["gates"]]
+    tags = client.get_model_version(QUOTED, "2").tags
+    assert tags["nnops.decision"] == "promoted" and tags["nnops.task"] == reg.task_signature(
+        task(3, ["a", "b", "c"])
+    )
+    assert [h["version"] for h in reg.champion_history(client, QUOTED)] == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_a_gate_that_cannot_finish_marks_the_version_failed(quoted_registry):
+    client, (v1, _) = quoted_registry
+    with pytest.raises(Exception, match="no numeric test.accuracy"):
+        reg.decide(client, QUOTED, "1", v1.run_id, {"fit": {}}, P, (None, None), None,
+                   task=task(2, ["x", "y"]))  # fmt: skip
+    tags = client.get_model_version(QUOTED, "1").tags
+    assert tags["nnops.decision"] == "failed" and "test.accuracy" in tags["nnops.error"]
+    assert reg.alias_version(client, QUOTED, reg.CHAMPION) is None

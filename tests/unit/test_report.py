@@ -5,25 +5,15 @@ from __future__ import annotations
 import base64
 import io
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import REPO, repo_params
 from nnops import report as rp
-from nnops.config import load_params, parse_params
+from nnops.config import parse_params
 
 pytestmark = pytest.mark.unit
-
-REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
-
-
-def params_with(changes: dict) -> object:
-    """The repository's params.yaml with some sections changed (keys it alone declares)."""
-    raw = yaml.safe_load(REPO_PARAMS.read_text())
-    for section, values in changes.items():
-        raw[section] = {**raw[section], **values}
-    return parse_params(raw)
 
 
 def _tiny_png(color: str) -> bytes:
@@ -34,9 +24,17 @@ def _tiny_png(color: str) -> bytes:
     return buf.getvalue()
 
 
+def _params(overrides: dict):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section_name, values in overrides.items():
+        raw[section_name].update(values)
+    return parse_params(raw)
+
+
 def _inputs(**overrides) -> rp.ReportInputs:
     base = dict(
-        params=params_with({"train": {"epochs": 3, "learning_rate": 0.01}}),
+        params=_params({"train": {"epochs": 3, "learning_rate": 0.01}}),
+        baseline=repo_params(),
         validation={
             "success": False,
             "expectations": [
@@ -115,12 +113,15 @@ def test_images_are_inlined_and_decode():
 
 
 def test_params_diff_lists_only_changed_keys():
-    rows = rp.params_diff(params_with({"train": {"epochs": 3}, "evaluate": {"slice_by": ["a"]}}))
+    changed = _params({"train": {"epochs": 3}, "evaluate": {"slice_by": ["a"]}})
+    rows = rp.params_diff(changed, repo_params())
+    committed = repo_params()
     assert rows == [
-        {"key": "evaluate.slice_by", "default": [], "value": ["a"]},
-        {"key": "train.epochs", "default": 20, "value": 3},
+        {"key": "evaluate.slice_by", "default": list(committed.evaluate.slice_by), "value": ["a"]},
+        {"key": "train.epochs", "default": committed.train.epochs, "value": 3},
     ]
-    assert rp.params_diff(load_params(REPO_PARAMS)) == []
+    assert rp.params_diff(repo_params(), repo_params()) == []
+    assert rp.params_diff(changed, None) == []
 
 
 def test_params_section_shows_the_changes():
@@ -166,7 +167,7 @@ def test_csv_run_shows_importances():
 
 
 def test_missing_inputs_leave_visible_gaps():
-    report = rp.build_report(rp.ReportInputs(params=load_params(REPO_PARAMS)))
+    report = rp.build_report(rp.ReportInputs(params=repo_params()))
     for section in ("validation", "learning-curves", "fit", "metrics", "confusion", "explain"):
         assert 'class="muted"' in _section(report.html, section), section
     assert "<img" not in report.html

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from nnops.config import MlflowParams
+from conftest import REPO, section
 from nnops.errors import NnopsError
 from nnops.tracking import (
     EpochLogger,
@@ -54,11 +58,11 @@ def test_uri_precedence_env_then_params_then_embedded(tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    default = resolve_tracking_uri(MlflowParams())
+    default = resolve_tracking_uri(section("mlflow"))
     assert default == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert resolve_tracking_uri(MlflowParams(tracking_uri="http://h:1")) == "http://h:1"
+    assert resolve_tracking_uri(section("mlflow", tracking_uri="http://h:1")) == "http://h:1"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:2")
-    assert resolve_tracking_uri(MlflowParams(tracking_uri="http://h:1")) == "http://env:2"
+    assert resolve_tracking_uri(section("mlflow", tracking_uri="http://h:1")) == "http://env:2"
 
 
 def test_queued_experiments_use_the_main_repository_store(tmp_path, monkeypatch):
@@ -67,7 +71,7 @@ def test_queued_experiments_use_the_main_repository_store(tmp_path, monkeypatch)
     (copy / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(copy)
     monkeypatch.setenv("DVC_ROOT", str(main))
-    assert resolve_tracking_uri(MlflowParams()) == f"sqlite:///{main.resolve()}/mlflow.db"
+    assert resolve_tracking_uri(section("mlflow")) == f"sqlite:///{main.resolve()}/mlflow.db"
 
 
 def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
@@ -75,7 +79,7 @@ def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     start = time.monotonic()
     with pytest.raises(NnopsError, match=uri.replace(".", r"\.")):
-        connect(MlflowParams(connect_timeout_s=5))
+        connect(section("mlflow", connect_timeout_s=5))
     assert time.monotonic() - start < 30
 
 
@@ -89,7 +93,7 @@ def test_hung_server_fails_within_30_seconds_naming_the_uri(monkeypatch):
             monkeypatch.delenv(key, raising=False)
         start = time.monotonic()
         with pytest.raises(NnopsError, match=f"{uri.replace('.', '[.]')} did not answer"):
-            connect(MlflowParams(connect_timeout_s=2))
+            connect(section("mlflow", connect_timeout_s=2))
         assert time.monotonic() - start < 30
 
 
@@ -193,3 +197,55 @@ def test_resume_run_names_a_missing_store_or_run(tmp_path):
         pass
     kind = MlflowClient(uri).get_experiment(exp).tags.get("mlflow.experimentKind")
     assert kind == "custom_model_development"
+
+
+@pytest.fixture
+def store_with_a_run(tmp_path, monkeypatch):
+    """A real embedded store with one run, and the files a later stage reads."""
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    info = start_training_run(uri, "e", {"a": 1}, {})
+    write_run_info(tmp_path / "run.json", dataclasses.replace(info, model_uri="models:/m-1"))
+    (tmp_path / "metrics.json").write_text('{"test": {"accuracy": 0.5}}')
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return db
+
+
+@pytest.mark.parametrize("damage", ["half_truncated", "zero_bytes", "not_sqlite"])
+def test_a_damaged_store_gives_one_line_naming_the_file(store_with_a_run: Path, damage: str):
+    db = store_with_a_run
+    if damage == "half_truncated":
+        with db.open("r+b") as fh:
+            fh.truncate(db.stat().st_size // 2)
+        expected = f"{db}: the MLflow store is damaged ("
+    elif damage == "zero_bytes":
+        db.write_bytes(b"")
+        expected = f"{db}: the MLflow store is an empty file (0 bytes)"
+    else:
+        db.write_text("hello")
+        expected = f"{db}: the MLflow store is not an sqlite database"
+    size = db.stat().st_size
+    with pytest.raises(NnopsError) as err:
+        connect(section("mlflow", tracking_uri=f"sqlite:///{db}"))
+    assert str(err.value).startswith(expected) and "restore it from a backup" in str(err.value)
+    # The register stage (a later stage reading the store) says the same in one line, exit 2.
+    cmd = [
+        sys.executable,
+        str(REPO / "pipelines/register.py"),
+        "--run",
+        "run.json",
+        "--metrics",
+        "metrics.json",
+        "--data",
+        "nowhere",
+        "--out",
+        "registry.json",
+    ]
+    proc = subprocess.run(cmd, cwd=db.parent, capture_output=True, text=True)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert db.stat().st_size == size  # never replaced by a silent fresh store
+    assert not (db.parent / "registry.json").exists()

@@ -1,0 +1,122 @@
+"""Keep secrets out of everything nnops writes or prints.
+
+Credentials (``user:password@host``) and query values (``?token=...``) in URLs are replaced by
+``***`` before a URL reaches a log line, an error message, an MLflow param or a report. Secrets
+themselves come from environment variables that ``params.yaml`` only names (``data.url_env``,
+``data.auth_env``), so neither ``params.yaml`` nor ``dvc.lock`` ever holds one.
+Standard library only: the params check imports this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+MASK = "***"
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\]{}]*[^\s'\"<>()\[\]{}.,:;]")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its password (or user:password) and every query value masked.
+
+    Args:
+        url: any URL or URI; a value that is not one is returned unchanged.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.scheme or not parts.netloc:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, MASK) for k, _ in pairs], safe="*") if pairs else MASK
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """Mask the secrets of every URL found in a free-form text (a log line, an error).
+
+    Args:
+        text: the text.
+    """
+    if "://" not in text:
+        return text
+    return _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """Take ``user:password@`` out of a URL: return the bare URL and the credentials, if any.
+
+    Args:
+        url: an http(s) URL.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, (unquote(user), unquote(password))
+
+
+def basic_auth(user: str, password: str) -> str:
+    """The value of an HTTP ``Authorization`` header for basic authentication.
+
+    Args:
+        user: the user name.
+        password: the password.
+    """
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+def from_env(name: str, key: str) -> str:
+    """Read a secret from the environment variable ``name`` that params key ``key`` names.
+
+    Args:
+        name: the environment variable.
+        key: the dotted params key naming it, for the message.
+
+    Raises:
+        KeyError: with a message when the variable is unset or empty.
+    """
+    value = os.environ.get(name, "")
+    if not value:
+        raise KeyError(f"{key} names the environment variable {name}, which is not set")
+    return value
+
+
+def auth_header(value: str) -> str:
+    """Turn the value of ``data.auth_env``'s variable into an ``Authorization`` header value.
+
+    ``user:password`` becomes basic authentication; a value with a scheme (``Bearer abc``,
+    ``Token abc``) is sent as it is.
+
+    Args:
+        value: the secret.
+    """
+    if " " in value.strip():
+        return value.strip()
+    user, _, password = value.partition(":")
+    return basic_auth(user, password)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks URL secrets in every record it passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
