@@ -75,6 +75,47 @@ def ensure_reachable(uri: str, timeout_s: float) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(timeout_s, 5))))
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _without_userinfo(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    return parsed._replace(
+        netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")
+    ).geturl()
+
+
+def auth_failure(uri: str, exc: Exception) -> str | None:
+    """A clear message when a server refused the credentials (401/403), else None.
+
+    Names the URI and the user, never the password.
+
+    Args:
+        uri: the tracking URI.
+        exc: what the MLflow client raised.
+    """
+    code = str(getattr(exc, "error_code", ""))
+    text = str(exc)
+    where = _without_userinfo(uri)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if code == "UNAUTHENTICATED" or "error code 401" in text:
+        if user:
+            problem = f"rejected the password of user {user!r}"
+        else:
+            problem = "asks for credentials and none were given"
+        return (
+            f"MLflow tracking server at {where} {problem} (401 Unauthorized): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (team mode: . mlserver/team.env)"
+        )
+    if code == "PERMISSION_DENIED" or "error code 403" in text:
+        return f"MLflow tracking server at {where} denies user {user!r} this access (403 Forbidden)"
+    return None
+
+
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Serialise writers of an embedded sqlite store across processes (no-op for servers).
@@ -114,6 +155,9 @@ def connect(params: MlflowParams) -> str:
         try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # a hung server or a broken store: name it, do not hang
+            denied = auth_failure(uri, exc)
+            if denied:
+                raise NnopsError(denied) from None
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise NnopsError(
                 f"MLflow tracking store at {uri} did not answer ({type(exc).__name__}: {first})"
@@ -176,7 +220,10 @@ def resume_run(info: RunInfo, timeout_s: float = 10.0) -> Iterator[Any]:
     mlflow.set_tracking_uri(uri)
     try:
         mlflow.MlflowClient(uri).get_run(info.run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        denied = auth_failure(uri, exc)
+        if denied:
+            raise NnopsError(denied) from None
         raise NnopsError(
             f"MLflow run {info.run_id} from models/run.json is not in the store {uri}; "
             "retrain with `dvc repro -f train`"
@@ -334,8 +381,17 @@ class EpochLogger:
             return
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
-        with store_lock(self.info.tracking_uri):
-            self.client.log_batch(self.info.run_id, metrics=batch)
+        uri = self.info.tracking_uri
+        try:
+            with store_lock(uri):
+                self.client.log_batch(self.info.run_id, metrics=batch)
+        except Exception as exc:  # the server went away or refused: stop with a clear message
+            reason = auth_failure(uri, exc) or f"{type(exc).__name__}: {_first_line(exc)}"
+            raise NnopsError(
+                f"MLflow tracking store at {_without_userinfo(uri)} failed while logging epoch "
+                f"{epoch} ({reason}); the finished epochs are kept in the backup: rerun the "
+                "stage when the store answers again"
+            ) from None
         self.logged.add(epoch)
 
     def catch_up(self, history: list[dict[str, float]]) -> None:
@@ -429,5 +485,8 @@ def fail_run(info: RunInfo) -> None:
     """
     from mlflow import MlflowClient
 
-    with store_lock(info.tracking_uri):
-        MlflowClient(info.tracking_uri).set_terminated(info.run_id, "FAILED")
+    try:
+        with store_lock(info.tracking_uri):
+            MlflowClient(info.tracking_uri).set_terminated(info.run_id, "FAILED")
+    except Exception as exc:  # the store is what failed: keep the original error in front
+        log.warning("could not mark MLflow run %s failed (%s)", info.run_id, _first_line(exc))
