@@ -5,9 +5,10 @@
 * a PostgreSQL 15 cluster initialised into ``mlserver/pg`` (as the unprivileged ``nnopspg``
   user when run as root, since PostgreSQL refuses root), unless ``$NNOPS_DB_URI`` names an
   existing database server;
-* ``mlflow server --app-name basic-auth`` with the runs in PostgreSQL, the users in a second
-  database, and artifacts proxied by the server into ``mlserver/artifacts`` (an ``s3://`` or
-  ``gs://`` URI in ``$NNOPS_ARTIFACTS`` replaces the folder);
+* ``mlflow server --app-name nnops-auth`` (MLflow's basic-auth app, see ``nnops.mlflow_app``)
+  with the runs in PostgreSQL, the users in a second database, and artifacts proxied by the
+  server into ``mlserver/artifacts`` (an ``s3://`` or ``gs://`` URI in ``$NNOPS_ARTIFACTS``
+  replaces the folder);
 
 and writes ``mlserver/team.env`` (mode 600) with the tracking URI and the admin credentials, so
 ``. mlserver/team.env && dvc repro`` logs to the server. The admin password is generated on the
@@ -260,7 +261,7 @@ def server_command(host: str, port: int, artifacts: str, workers: int) -> list[s
     """
     return [
         sys.executable, "-m", "mlflow", "server",
-        "--app-name", "basic-auth",
+        "--app-name", "nnops-auth",  # MLflow's basic-auth app, UI opening on model training
         "--artifacts-destination", artifacts,
         "--serve-artifacts",
         "--host", host,
