@@ -287,6 +287,8 @@ def server_env(dirs: TeamDirs, backend_uri: str) -> dict[str, str]:
         MLFLOW_BACKEND_STORE_URI=backend_uri,
         MLFLOW_AUTH_CONFIG_PATH=str(dirs.auth_ini),
         MLFLOW_FLASK_SERVER_SECRET_KEY=key.read_text().strip(),
+        # No GenAI job workers (trace scoring, issue detection): nnops trains models.
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
     )
     return env
 
