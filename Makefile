@@ -25,6 +25,7 @@ run: setup  ## set up and run the whole pipeline (dvc repro) on the embedded def
 
 test: setup  ## set up and run the whole test suite (unit, pipeline, e2e)
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_postgres.sh
 	. $(BIN)/activate && pytest
 
 test-unit: setup  ## run only the fast unit tests
