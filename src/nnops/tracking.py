@@ -286,6 +286,7 @@ def experiment_id(uri: str, name: str) -> str:
         name: the experiment name (``mlflow.experiment``).
     """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(uri)
     with store_lock(uri):
@@ -298,7 +299,16 @@ def experiment_id(uri: str, name: str) -> str:
             location = (db.parent / "mlartifacts").resolve().as_uri()
         # MLflow 3 opens experiments on its GenAI views unless told this one trains models.
         kind = {"mlflow.experimentKind": "custom_model_development"}
-        return str(client.create_experiment(name, artifact_location=location, tags=kind))
+        try:
+            return str(client.create_experiment(name, artifact_location=location, tags=kind))
+        except MlflowException as exc:
+            # Another worker on the same server created it first (no file lock spans a server).
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
 
 
 def start_training_run(

@@ -120,7 +120,10 @@ def test_four_queued_experiments_on_two_workers_land_four_complete_runs(
         dvc("exp", "run", "--queue", "--name", name, "-S", change, cwd=root, env=env)
     dvc("queue", "start", "--jobs", "2", cwd=root, env=env)
     status = _wait_for_queue(root)
-    assert status.count("Success") == 4, status
+    failed = [name for name in names if f"{name} " in status and "Success" not in
+              next(line for line in status.splitlines() if f" {name} " in line)]  # fmt: skip
+    logs = [dvc("queue", "logs", name, cwd=root, check=False).stdout[-3000:] for name in failed]
+    assert status.count("Success") == 4, status + "\n".join(logs)
 
     client = team_server.client()
     runs = {r.info.run_name: r for r in _runs(client, "queue")}
