@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit lint format ui server serve bench clean
+.PHONY: help setup run test test-unit lint format ui server serve bench clean team-up team-down
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,7 @@ run: setup  ## set up and run the whole pipeline (dvc repro) on the embedded def
 
 test: setup  ## set up and run the whole test suite (unit, pipeline, e2e)
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_postgres.sh
 	. $(BIN)/activate && pytest
 
 test-unit: setup  ## run only the fast unit tests
@@ -41,6 +42,12 @@ ui: setup  ## open the MLflow UI on 127.0.0.1:5000 against the project's store (
 
 server: setup  ## start a team MLflow tracking server on 127.0.0.1:5000 (sqlite + artifacts in mlserver/)
 	. $(BIN)/activate && python -m nnops.ui server --port $(or $(PORT),5000)
+
+team-up: setup  ## team mode: PostgreSQL + MLflow server with sign-in on 127.0.0.1:5000; writes mlserver/team.env
+	. $(BIN)/activate && python -m nnops.team up --port $(or $(PORT),5000)
+
+team-down:  ## stop the server and PostgreSQL that team-up started
+	. $(BIN)/activate && python -m nnops.team down
 
 serve: setup  ## serve models:/<register.model_name>@champion on 127.0.0.1:5001 (PORT=5001)
 	. $(BIN)/activate && export MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" && \

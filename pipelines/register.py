@@ -20,7 +20,8 @@ log = logging.getLogger("nnops.register")
 def main(args: argparse.Namespace, params: Params) -> None:
     import mlflow
 
-    from nnops.tracking import ensure_reachable, read_run_info, resume_run, store_lock
+    from nnops.lease import register_lease
+    from nnops.tracking import ensure_reachable, read_run_info, resume_run
 
     p, info, metrics = params.register_, read_run_info(args.run), read_json(args.metrics)
     if not info.model_uri:
@@ -32,9 +33,9 @@ def main(args: argparse.Namespace, params: Params) -> None:
     test = read_split(Path(args.data) / "test.npz")
     meta = read_json(Path(args.data) / "meta.json")
     class_names, task = meta.get("class_names"), reg.task_of(meta)
-    # One register at a time per embedded store (queued experiments): the champion compared
-    # against is still the champion when the alias moves.
-    with store_lock(uri):
+    # One register at a time per store (queued experiments, pipelines on several machines):
+    # the champion compared against is still the champion when the alias moves.
+    with register_lease(uri, p.model_name):
         version = reg.register_version(client, p.model_name, info.model_uri, info.run_id).version
         record = reg.decide(
             client,

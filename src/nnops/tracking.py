@@ -129,6 +129,47 @@ def ensure_reachable(uri: str, timeout_s: float) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(timeout_s, 5))))
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _without_userinfo(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    return parsed._replace(
+        netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")
+    ).geturl()
+
+
+def auth_failure(uri: str, exc: Exception) -> str | None:
+    """A clear message when a server refused the credentials (401/403), else None.
+
+    Names the URI and the user, never the password.
+
+    Args:
+        uri: the tracking URI.
+        exc: what the MLflow client raised.
+    """
+    code = str(getattr(exc, "error_code", ""))
+    text = str(exc)
+    where = _without_userinfo(uri)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if code == "UNAUTHENTICATED" or "error code 401" in text:
+        if user:
+            problem = f"rejected the password of user {user!r}"
+        else:
+            problem = "asks for credentials and none were given"
+        return (
+            f"MLflow tracking server at {where} {problem} (401 Unauthorized): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (team mode: . mlserver/team.env)"
+        )
+    if code == "PERMISSION_DENIED" or "error code 403" in text:
+        return f"MLflow tracking server at {where} denies user {user!r} this access (403 Forbidden)"
+    return None
+
+
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Serialise writers of an embedded sqlite store across processes (no-op for servers).
@@ -168,6 +209,9 @@ def connect(params: MlflowParams) -> str:
         try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # a hung server or a broken store: name it, do not hang
+            denied = auth_failure(uri, exc)
+            if denied:
+                raise NnopsError(denied) from None
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise NnopsError(
                 f"MLflow tracking store at {redact_url(uri)} did not answer "
@@ -244,7 +288,10 @@ def resume_run(info: RunInfo, timeout_s: float = 10.0) -> Iterator[Any]:
     uri = store_uri(info, timeout_s)
     try:
         mlflow.MlflowClient(uri).get_run(info.run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        denied = auth_failure(uri, exc)
+        if denied:
+            raise NnopsError(denied) from None
         raise NnopsError(
             f"MLflow run {info.run_id} from models/run.json is not in the store {uri}; "
             "retrain with `dvc repro -f train`"
@@ -396,6 +443,7 @@ def experiment_id(uri: str, name: str) -> str:
         name: the experiment name (``mlflow.experiment``).
     """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(uri)
     with store_lock(uri):
@@ -408,7 +456,16 @@ def experiment_id(uri: str, name: str) -> str:
             location = (db.parent / "mlartifacts").resolve().as_uri()
         # MLflow 3 opens experiments on its GenAI views unless told this one trains models.
         kind = {"mlflow.experimentKind": "custom_model_development"}
-        return str(client.create_experiment(name, artifact_location=location, tags=kind))
+        try:
+            return str(client.create_experiment(name, artifact_location=location, tags=kind))
+        except MlflowException as exc:
+            # Another worker on the same server created it first (no file lock spans a server).
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
 
 
 def start_training_run(
@@ -500,8 +557,17 @@ class EpochLogger:
             return
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
-        with store_lock(self.info.tracking_uri):
-            self.client.log_batch(self.info.run_id, metrics=batch)
+        uri = self.info.tracking_uri
+        try:
+            with store_lock(uri):
+                self.client.log_batch(self.info.run_id, metrics=batch)
+        except Exception as exc:  # the server went away or refused: stop with a clear message
+            reason = auth_failure(uri, exc) or f"{type(exc).__name__}: {_first_line(exc)}"
+            raise NnopsError(
+                f"MLflow tracking store at {_without_userinfo(uri)} failed while logging epoch "
+                f"{epoch} ({reason}); the finished epochs are kept in the backup: rerun the "
+                "stage when the store answers again"
+            ) from None
         self.logged.add(epoch)
 
     def catch_up(self, history: list[dict[str, float]]) -> None:
@@ -602,13 +668,16 @@ def fail_run(
     """
     from mlflow import MlflowClient
 
-    client = MlflowClient(info.tracking_uri)
-    with store_lock(info.tracking_uri):
-        if epoch is not None:
-            client.set_tag(info.run_id, "nnops.ended_at_epoch", str(epoch))
-        if reason:
-            client.set_tag(info.run_id, "nnops.end_reason", reason)
-        client.set_terminated(info.run_id, status)
+    try:
+        client = MlflowClient(info.tracking_uri)
+        with store_lock(info.tracking_uri):
+            if epoch is not None:
+                client.set_tag(info.run_id, "nnops.ended_at_epoch", str(epoch))
+            if reason:
+                client.set_tag(info.run_id, "nnops.end_reason", reason)
+            client.set_terminated(info.run_id, status)
+    except Exception as exc:  # the store is what failed: keep the original error in front
+        log.warning("could not mark MLflow run %s %s (%s)", info.run_id, status, _first_line(exc))
 
 
 def end_interrupted(info: RunInfo, exc: BaseException, epoch: int) -> None:
@@ -631,7 +700,4 @@ def end_interrupted(info: RunInfo, exc: BaseException, epoch: int) -> None:
         status = "KILLED"
     else:
         what, status = f"failed at epoch {epoch}: {type(exc).__name__}", "FAILED"
-    try:
-        fail_run(info, status, epoch, what)
-    except Exception as err:  # the store is gone too: say so, keep the original error
-        log.warning("could not mark MLflow run %s %s (%s)", info.run_id, status, err)
+    fail_run(info, status, epoch, what)  # warns, never raises, when the store is gone too

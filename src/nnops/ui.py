@@ -39,6 +39,7 @@ def ui_command(uri: str, host: str, port: int, artifacts: Path, workers: int = 1
     """
     return [
         sys.executable, "-m", "mlflow", "ui",
+        "--app-name", "nnops",  # MLflow's app, its UI opening on model training (mlflow_app.py)
         "--backend-store-uri", uri,
         "--artifacts-destination", artifacts.resolve().as_uri(),
         "--host", host,
@@ -63,6 +64,7 @@ def server_command(
     backend = backend_uri or f"sqlite:///{store / 'mlflow.db'}"
     return [
         sys.executable, "-m", "mlflow", "server",
+        "--app-name", "nnops",
         "--backend-store-uri", backend,
         "--artifacts-destination", (store / "artifacts").as_uri(),
         "--serve-artifacts",

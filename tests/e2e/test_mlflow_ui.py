@@ -1,21 +1,25 @@
-"""Two DVC experiments compared in the real MLflow UI, in headless Chromium.
+"""Two DVC experiments compared in the real MLflow UI, in headless Chromium, as a user clicks.
 
-The store holds two pipeline runs that differ in ``train.learning_rate``. The test starts the UI
-the way ``make ui`` does, checks that the experiment's run list shows both runs with that param,
-their test accuracy and fit verdict, then opens MLflow's run-comparison view from the selection.
-Screenshots land in the test's temporary directory.
+The store holds two pipeline runs that differ in ``train.learning_rate``: once the embedded
+sqlite store behind ``make ui``, once the PostgreSQL-backed server with sign-in behind
+``make team-up``. From the UI's home page the test clicks the ``nnops`` experiment and must land
+on the training runs table (not MLflow's GenAI overview), shows the param, test accuracy and fit
+verdict columns, draws val_loss per run in the chart view, then selects both runs and presses
+Compare. Screenshots land in the test's temporary directory (``$NNOPS_SCREENSHOTS`` keeps copies).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from teamserver import TeamServer, team_server  # noqa: F401  (the session fixture)
 
 from conftest import dvc, free_port, make_project, serving
 
@@ -34,6 +38,18 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_project(tmp_path_factory.mktemp("ui") / "repo", {"train": {"epochs": 2}})
     for name, lr in EXPERIMENTS.items():
         dvc("exp", "run", "-n", name, "-S", f"{PARAM}={lr}", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_team_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+    team_server: TeamServer,  # noqa: F811
+) -> Path:
+    """The same two pipeline runs, logged to the team server (PostgreSQL, sign-in)."""
+    root = make_project(tmp_path_factory.mktemp("ui-team") / "repo", {"train": {"epochs": 2}})
+    for name, lr in EXPERIMENTS.items():
+        dvc("exp", "run", "-n", name, "-S", f"{PARAM}={lr}", cwd=root, env=team_server.env())
     return root
 
 
@@ -62,11 +78,8 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
-def _store_runs(root: Path) -> tuple[str, dict[str, object]]:
+def _store_runs(client) -> tuple[str, dict[str, object]]:
     """Return the experiment id and the runs (by name) as the store holds them."""
-    import mlflow
-
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("nnops")
     assert experiment is not None, "the pipeline did not create the 'nnops' experiment"
     runs = client.search_runs([experiment.experiment_id])
@@ -144,86 +157,124 @@ def _table(driver) -> dict[str, dict[str, str]]:
     )
 
 
-def test_experiment_lists_both_runs_and_compares_them(
+def _open_experiment_from_home(driver, base: str, shots: Path) -> None:
+    """Open the UI's home page and click the ``nnops`` experiment, as a user does."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/")
+    xpath = "//a[normalize-space(.)='nnops']"
+    links = _wait(driver, lambda d: d.find_elements(By.XPATH, xpath), "the nnops experiment link")
+    driver.save_screenshot(str(shots / "home.png"))
+    links[0].click()
+    _wait(driver, lambda d: len(_table(d)) == 2, "both runs in the run table")
+    # The click lands on the training runs, not on MLflow's GenAI overview of traces.
+    assert "/runs" in driver.current_url, driver.current_url
+    assert "workflowType=genai" not in driver.current_url, driver.current_url
+    assert "Detect Issues" not in driver.find_element(By.TAG_NAME, "body").text
+
+
+def test_embedded_store_from_home_page_to_comparison(
     two_runs: Path, browser, tmp_path: Path
 ) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
+    import mlflow
 
-    experiment_id, runs = _store_runs(two_runs)
-    assert set(runs) == set(EXPERIMENTS), f"runs in the store: {sorted(runs)}"
+    client = mlflow.MlflowClient(f"sqlite:///{two_runs / 'mlflow.db'}")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "nnops.ui", "--port", str(port)]
     with serving(cmd, f"{base}/health", two_runs, tmp_path / "ui.log"):
-        driver = browser
-        driver.get(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
-        _wait(driver, lambda d: len(_table(d)) == 2, "both runs in the run table")
-        time.sleep(0.5)
-        _close_assistant(driver)
+        _compare_in_browser(browser, base, client, tmp_path, "embedded")
 
-        driver.find_element(By.CSS_SELECTOR, "[data-testid='column-selection-dropdown']").click()
-        for column in (PARAM, METRIC, TAG):
-            _show_column(driver, column)
-        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-        _wait(
-            driver,
-            lambda d: all({PARAM, METRIC, TAG} <= set(r) for r in _table(d).values()),
-            "the param, metric and tag columns",
-        )
-        table = _table(driver)
-        driver.save_screenshot(str(tmp_path / "runs.png"))
-        for name, lr in EXPERIMENTS.items():
-            row, run = table[name], runs[name]
-            assert float(row[PARAM]) == float(lr), row
-            assert float(row[METRIC]) == pytest.approx(run.data.metrics[METRIC], abs=5e-4), row
-            assert row[TAG] == run.data.tags[TAG], row
 
-        # The chart view draws the per-epoch curves of both runs (filtered to val_loss).
-        _view_mode(driver, "CHART")
-        search = _wait(
-            driver,
-            lambda d: d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']"),
-            "the chart search box",
-        )
-        search[0].send_keys("val_loss")
-        legends = [f"{name} (val_loss)" for name in EXPERIMENTS]
-        _wait(
-            driver,
-            lambda d: (
-                d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
-                and all(legend in d.find_element(By.TAG_NAME, "body").text for legend in legends)
-            ),
-            "the val_loss chart of both runs",
-        )
-        driver.save_screenshot(str(tmp_path / "charts.png"))
-        _view_mode(driver, "TABLE")
-        _wait(driver, lambda d: len(_table(d)) == 2, "the run table again")
+def test_team_server_from_home_page_to_comparison(
+    two_team_runs: Path,
+    team_server: TeamServer,  # noqa: F811
+    browser,
+    tmp_path: Path,
+) -> None:
+    import base64
 
-        # Select both runs and open MLflow's comparison view from the selection.
-        for box in driver.find_elements(
-            By.CSS_SELECTOR, "input[aria-label^='Press Space to toggle row selection']"
-        ):
-            box.click()
-        compare = _wait(
-            driver,
-            lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Compare"],
-            "the Compare button",
-        )
-        compare[0].click()
-        _wait(driver, lambda d: "compare-runs" in d.current_url, "the comparison view")
-        _wait(
-            driver,
-            lambda d: "Comparing 2 Runs" in d.find_element(By.TAG_NAME, "body").text,
-            "the comparison page",
-        )
-        _wait(
-            driver,
-            lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"),
-            "the parallel-coordinates plot",
-        )
-        text = driver.find_element(By.TAG_NAME, "body").text
-        driver.save_screenshot(str(tmp_path / "compare.png"))
+    # The browser signs in with the admin's credentials on every request (basic auth).
+    token = base64.b64encode(f"{team_server.username}:{team_server.password}".encode()).decode()
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd(
+        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
+    )
+    _compare_in_browser(browser, team_server.url, team_server.client(), tmp_path, "team")
+
+
+def _compare_in_browser(driver, base: str, client, tmp_path: Path, label: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _, runs = _store_runs(client)
+    assert set(runs) == set(EXPERIMENTS), f"runs in the store: {sorted(runs)}"
+    _open_experiment_from_home(driver, base, tmp_path)
+    time.sleep(0.5)
+    _close_assistant(driver)
+
+    driver.find_element(By.CSS_SELECTOR, "[data-testid='column-selection-dropdown']").click()
+    for column in (PARAM, METRIC, TAG):
+        _show_column(driver, column)
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    _wait(
+        driver,
+        lambda d: all({PARAM, METRIC, TAG} <= set(r) for r in _table(d).values()),
+        "the param, metric and tag columns",
+    )
+    table = _table(driver)
+    driver.save_screenshot(str(tmp_path / "runs.png"))
+    for name, lr in EXPERIMENTS.items():
+        row, run = table[name], runs[name]
+        assert float(row[PARAM]) == float(lr), row
+        assert float(row[METRIC]) == pytest.approx(run.data.metrics[METRIC], abs=5e-4), row
+        assert row[TAG] == run.data.tags[TAG], row
+
+    # The chart view draws the per-epoch curves of both runs (filtered to val_loss).
+    _view_mode(driver, "CHART")
+    search = _wait(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']"),
+        "the chart search box",
+    )
+    search[0].send_keys("val_loss")
+    legends = [f"{name} (val_loss)" for name in EXPERIMENTS]
+    _wait(
+        driver,
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+            and all(legend in d.find_element(By.TAG_NAME, "body").text for legend in legends)
+        ),
+        "the val_loss chart of both runs",
+    )
+    driver.save_screenshot(str(tmp_path / "charts.png"))
+    _view_mode(driver, "TABLE")
+    _wait(driver, lambda d: len(_table(d)) == 2, "the run table again")
+
+    # Select both runs and open MLflow's comparison view from the selection.
+    for box in driver.find_elements(
+        By.CSS_SELECTOR, "input[aria-label^='Press Space to toggle row selection']"
+    ):
+        box.click()
+    compare = _wait(
+        driver,
+        lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Compare"],
+        "the Compare button",
+    )
+    compare[0].click()
+    _wait(driver, lambda d: "compare-runs" in d.current_url, "the comparison view")
+    _wait(
+        driver,
+        lambda d: "Comparing 2 Runs" in d.find_element(By.TAG_NAME, "body").text,
+        "the comparison page",
+    )
+    _wait(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"),
+        "the parallel-coordinates plot",
+    )
+    text = driver.find_element(By.TAG_NAME, "body").text
+    driver.save_screenshot(str(tmp_path / "compare.png"))
 
     for run in runs.values():
         assert run.info.run_id in driver.current_url or run.info.run_id in text
@@ -239,7 +290,13 @@ def test_experiment_lists_both_runs_and_compares_them(
         assert run.data.tags[TAG] in row(TAG)
     metrics_at = lines.index("Metrics")
     assert "accuracy" in lines[metrics_at : metrics_at + 5], lines[metrics_at : metrics_at + 5]
-    shots = [tmp_path / f"{name}.png" for name in ("runs", "charts", "compare")]
+    shots = [tmp_path / f"{name}.png" for name in ("home", "runs", "charts", "compare")]
     for shot in shots:
         assert shot.stat().st_size > 10_000, f"{shot} looks empty"
+    keep = os.environ.get("NNOPS_SCREENSHOTS")
+    if keep:
+        folder = Path(keep) / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for shot in shots:
+            shutil.copy2(shot, folder / shot.name)
     print(json.dumps({"screenshots": [str(shot) for shot in shots]}))
