@@ -1,6 +1,7 @@
 """nnops reproduce without a pipeline run: URIs, the data files a dvc.lock names, and refusals.
 
-The refusals run against a real git repository; the full rebuild is in tests/e2e/test_reproduce.py.
+The refusals run against a real git repository; the full rebuild is in
+tests/e2e/test_reproduce_registered.py.
 """
 
 from __future__ import annotations
