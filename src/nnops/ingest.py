@@ -409,11 +409,12 @@ def fetch(
     return target
 
 
-def download_source(params: DataParams) -> tuple[str, str | None]:
+def download_source(params: DataParams, key: str = "data.url") -> tuple[str, str | None]:
     """The URL to download and the ``Authorization`` header, secrets read from the environment.
 
     Args:
         params: the ``data`` params section (``url`` or ``url_env``, optional ``auth_env``).
+        key: the params key the URL in ``params.url`` came from, for messages.
     """
     try:
         url = from_env(params.url_env, "data.url_env") if params.url_env else str(params.url)
@@ -422,8 +423,9 @@ def download_source(params: DataParams) -> tuple[str, str | None]:
         raise NnopsError(str(exc.args[0])) from None
     if params.url and redact_url(params.url) != params.url:
         log.warning(
-            "data.url carries a secret (credentials or a query); params.yaml and dvc.lock keep "
-            "it verbatim: name environment variables in data.url_env / data.auth_env instead"
+            "%s carries a secret (credentials or a query); params.yaml and dvc.lock keep it "
+            "verbatim: name environment variables in data.url_env / data.auth_env instead",
+            key,
         )
     return url, auth
 
@@ -535,7 +537,7 @@ def source_file(params: DataParams) -> Path:
         return fetch(url, params.cache_dir, params.sha256, authorization=auth)
     if _is_url(params.path):
         # DVC reruns ingest when the upstream file changed: fetch it anew, never the cached copy.
-        url, auth = download_source(params.model_copy(update={"url": params.path}))
+        url, auth = download_source(params.model_copy(update={"url": params.path}), "data.path")
         return fetch(url, params.cache_dir, params.sha256, refresh=True, authorization=auth)
     path = Path(params.path or "")
     if not params.path or path.as_posix() == PLACEHOLDER:

@@ -431,3 +431,21 @@ def test_directory_missing_file_and_symlink_loop_are_told_apart(tmp_path: Path):
     assert "loop.csv: symlink loop; expected a csv file" in messages["loop.csv"]
     assert "dangling.csv: broken symlink to " in messages["dangling.csv"]
     assert len(set(messages.values())) == 4
+
+
+def test_a_data_path_url_is_watched_and_its_secrets_named_under_data_path(
+    auth_root, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    host, _ = auth_root
+    caplog.set_level("INFO")
+    url = f"http://{USER}:{PASSWORD}@{host}/people.csv"
+    assert len(ingest.load(csv_params(tmp_path, path=url)).frame) == 12
+    assert AuthHandler.seen[-1]["auth"] == ingest.basic_auth(USER, PASSWORD)
+    assert PASSWORD not in caplog.text
+    assert "data.path carries a secret" in caplog.text and "data.url carries" not in caplog.text
+    # the same URL with the secret in the environment instead: no warning, same file
+    caplog.clear()
+    monkeypatch.setenv("PEOPLE_AUTH", f"{USER}:{PASSWORD}")
+    params = csv_params(tmp_path, path=f"http://{host}/people.csv", auth_env="PEOPLE_AUTH")
+    assert len(ingest.load(params).frame) == 12
+    assert "carries a secret" not in caplog.text
