@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import configparser
+import json
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,8 +74,73 @@ def test_ui_index_sets_model_training_for_new_browsers(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text("<html><head><title>x</title></head></html>")
     app = Flask("probe", static_folder=str(tmp_path))
     app.add_url_rule("/", "serve", lambda: "original")
-    open_on_training(app)
+    open_on_training(app, columns=lambda: {})
     body = app.test_client().get("/").get_data(as_text=True)
-    assert body.startswith("<html><head>" + TRAINING_DEFAULT)
+    assert body.startswith("<html><head>" + TRAINING_DEFAULT + "<title>")
     assert f"localStorage.getItem('{WORKFLOW_KEY}')" in TRAINING_DEFAULT
     assert "machine_learning" in TRAINING_DEFAULT
+
+
+def _run(params: dict[str, str], metrics: dict[str, float], tags: dict[str, str]):
+    from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
+
+    info = RunInfo("r", "1", "u", "FINISHED", 0, 1, "active")
+    data = RunData(
+        [Metric(k, v, 0, 0) for k, v in metrics.items()],
+        [Param(k, v) for k, v in params.items()],
+        [RunTag(k, v) for k, v in tags.items()],
+    )
+    return Run(info, data)
+
+
+def test_ui_key_columns_are_metric_varying_params_and_fit_tag() -> None:
+    from nnops.mlflow_app import UI_DEFAULT_COLUMNS, key_columns
+
+    small = _run({"train.learning_rate": "0.001", "train.epochs": "2", "seed": "1"},
+                 {"test.accuracy": 0.9}, {"fit": "good"})  # fmt: skip
+    large = _run({"train.learning_rate": "0.01", "train.epochs": "2", "seed": "1", "x": "1"},
+                 {"test.accuracy": 0.8}, {"fit": "overfit"})  # fmt: skip
+    assert key_columns([small, large]) == [
+        *UI_DEFAULT_COLUMNS,
+        "metrics.`test.accuracy`",
+        "params.`train.learning_rate`",
+        "params.`x`",
+        "tags.`fit`",
+    ]
+    # One run: nothing varies, so the training params a user tunes first.
+    assert key_columns([small])[3:] == [
+        "metrics.`test.accuracy`",
+        "params.`train.learning_rate`",
+        "params.`train.epochs`",
+        "tags.`fit`",
+    ]
+    assert key_columns([]) == []
+
+
+def test_ui_column_script_seeds_only_experiments_without_state(tmp_path: Path) -> None:
+    """Run the injected script in node against a local-storage stand-in holding one choice."""
+    import shutil
+
+    from nnops.mlflow_app import STATE_KEY, column_script
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    assert column_script({"1": []}) == ""
+    script = column_script({"1": ["metrics.`a</script>`"], "2": ["tags.`fit`"]})
+    assert script.count("</script>") == 1
+    mine = STATE_KEY.format(ids='["2"]')
+    js = (
+        "const m = new Map([[" + json.dumps(mine) + ", '{\"selectedColumns\":[]}']]);"
+        "globalThis.localStorage = {getItem: k => m.has(k) ? m.get(k) : null,"
+        " setItem: (k, v) => m.set(k, v)};"
+        + script.removeprefix("<script>").removesuffix("</script>")
+        + ";console.log(JSON.stringify(Object.fromEntries(m)));"
+    )
+    (tmp_path / "seed.js").write_text(js)
+    out = json.loads(subprocess.run([node, str(tmp_path / "seed.js")], capture_output=True,
+                                    text=True, check=True).stdout)  # fmt: skip
+    assert json.loads(out[STATE_KEY.format(ids='["1"]')]) == {
+        "selectedColumns": ["metrics.`a</script>`"]
+    }
+    assert out[mine] == '{"selectedColumns":[]}'  # the user's own choice stays
