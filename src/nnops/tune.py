@@ -33,6 +33,7 @@ from nnops.tune_study import (
     masked,
     open_study,
     storage_url,
+    study_lock,
 )
 
 log = logging.getLogger(__name__)
@@ -184,18 +185,20 @@ def begin(setup: Setup) -> tuple[Setup, int]:
     killed = fail_dead_trials(study, setup.tracking_uri)
     if killed:
         log.info("marked %d trial(s) of killed processes failed", killed)
-    known = study.user_attrs.get(PARENT_ATTR)
-    same_store = study.user_attrs.get("tracking_uri") == setup.tracking_uri
     # The study's settings as parent-run params: tune.* by dotted name, one per dimension.
     flat = _flat_tune(setup.tune.model_dump(mode="json", exclude={"space"}))
     flat["tune.storage"] = masked(setup.storage)
     flat |= {f"tune.space.{i}": d.model_dump(mode="json") for i, d in enumerate(setup.tune.space)}
-    known = known if same_store else None
-    parent = open_parent(
-        setup.tracking_uri, setup.params.mlflow.experiment, setup.tune.study, known, flat
-    )
-    study.set_user_attr(PARENT_ATTR, parent.run_id)
-    study.set_user_attr("tracking_uri", setup.tracking_uri)
+    # Under the lock, so that workers starting together on one store share one parent run.
+    with study_lock(setup.storage, setup.tune.study):
+        known = study.user_attrs.get(PARENT_ATTR)
+        same_store = study.user_attrs.get("tracking_uri") == setup.tracking_uri
+        known = known if same_store else None
+        parent = open_parent(
+            setup.tracking_uri, setup.params.mlflow.experiment, setup.tune.study, known, flat
+        )
+        study.set_user_attr(PARENT_ATTR, parent.run_id)
+        study.set_user_attr("tracking_uri", setup.tracking_uri)
     setup = replace(setup, parent_run_id=parent.run_id)
     orphans = close_orphan_runs(study, parent.run_id, setup.tracking_uri)
     if orphans:

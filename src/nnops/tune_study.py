@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,3 +217,40 @@ def _children(uri: str, parent_run_id: str, extra: str = "") -> list[Any]:
     exp = client.get_run(parent_run_id).info.experiment_id
     query = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {extra}" if extra else "")
     return list(client.search_runs([exp], query, max_results=5000))
+
+
+@contextmanager
+def study_lock(storage: str, study: str, wait_s: float = 60.0) -> Iterator[None]:
+    """Hold a lock on ``study`` shared by every process that reaches its database.
+
+    The lock is a study named ``<study>.lock``: creating a study name is atomic in the
+    database, so exactly one process holds it. Workers that start at the same moment take it in
+    turn to find or open the study's one MLflow parent run. A lock older than ``wait_s`` (its
+    holder died) is taken over.
+
+    Args:
+        storage: the study database URL.
+        study: the study name.
+        wait_s: how long to wait for another process's lock.
+    """
+    import optuna
+
+    name = f"{study}.lock"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            optuna.create_study(storage=storage, study_name=name)
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            if time.monotonic() > deadline:
+                log.info("lock %r in %s is older than %.0f s; taking it over", name,
+                         masked(storage), wait_s)  # fmt: skip
+                with suppress(KeyError):
+                    optuna.delete_study(study_name=name, storage=storage)
+                deadline = time.monotonic() + wait_s
+            time.sleep(0.5)
+    try:
+        yield
+    finally:
+        with suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=storage)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -271,3 +272,76 @@ def test_two_training_workers_log_one_run(
     assert json.loads((root / "w0/run.json").read_text())["run_id"] == tracked.info.run_id
     assert [m.step for m in client.get_metric_history(tracked.info.run_id, "val_loss")] == [1, 2]
     assert tracked.outputs.model_outputs, "the chief logged no model"
+
+
+def test_two_tuning_workers_share_one_study_in_postgresql(
+    tmp_path: Path,
+    team_server: TeamServer,  # noqa: F811
+) -> None:
+    import optuna
+
+    from nnops import postgres
+
+    # The study lives in a database of its own on the fixture's cluster, beside the runs.
+    base = team_server.backend_uri.rsplit("/", 1)[0]
+    postgres.ensure_databases(base, ("optuna_shared",))
+    storage = postgres.db_uri(base, "optuna_shared")
+    assert storage.startswith("postgresql+psycopg://")
+    db_password = urllib.parse.unquote(urllib.parse.urlsplit(storage).password or "")
+    assert db_password
+    params = {"train": {"epochs": 2}, "mlflow": {"experiment": "shared-tune"},
+              "tune": {"startup_trials": 2, "heartbeat_s": 2, "stale_after_s": 30}}  # fmt: skip
+    root = make_project(tmp_path / "repo", params)
+    dvc("repro", "preprocess", cwd=root)
+    study_name = "shared-pg"
+    cmd = [str(BIN / "nnops"), "tune", "--trials", "2", "--jobs", "1",
+           "--storage", storage, "--study", study_name]  # fmt: skip
+    procs = [
+        subprocess.Popen([*cmd, "--out", f"reports/tune-w{i}"], cwd=root, env=team_server.env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    try:
+        outputs = [proc.communicate(timeout=900)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outputs]
+    for out in outputs:
+        assert db_password not in out and team_server.password not in out
+        assert "Traceback" not in out
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == [study_name]
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2, workers  # both processes ran trials of the one study
+    assert {int(w.rsplit(":", 1)[1]) for w in workers} == {p.pid for p in procs}
+
+    client = team_server.client()
+    found = client.get_experiment_by_name("shared-tune")
+    assert found is not None
+    exp = [found.experiment_id]
+    parents = client.search_runs(exp, f"tags.`nnops.tune.study` = '{study_name}' "
+                                      "and tags.`nnops.kind` = 'tune-study'")  # fmt: skip
+    # Started at the same moment, the two workers still share the study's one parent run.
+    [parent] = parents
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    children = client.search_runs(exp, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(int(c.data.tags["nnops.trial.number"]) for c in children) == [0, 1, 2, 3]
+    assert {c.data.tags["nnops.trial.state"] for c in children} == {"complete"}
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {
+        c.info.run_id for c in children
+    }
+    everything = client.search_runs(exp)
+    assert not [r.info.run_id for r in everything if r.info.status != "FINISHED"]
+    for run_ in everything:
+        logged = {**run_.data.params, **run_.data.tags}
+        assert not [k for k, v in logged.items() if db_password in str(v)]
+    for i in range(2):
+        best = json.loads((root / f"reports/tune-w{i}/best_params.json").read_text())
+        assert db_password not in json.dumps(best)
+        assert best["parent_run_id"] == parent.info.run_id
+        assert best["storage"].startswith("postgresql+psycopg://") and "***" in best["storage"]
