@@ -88,6 +88,8 @@ def test_report_of_the_default_run_renders(reproduced_project: Path, browser, tm
     text = page["text"]
     assert "nnops run report: digits" in page["title"]
     for phrase in ("Data validation", "Fit verdict", "Recommended action", "Confusion matrix",
-                   "Lineage", "MLflow run id", "processed data hash", "train.epochs"):  # fmt: skip
+                   "Lineage", "MLflow run id", "processed data hash",
+                   # the run's params are the committed params.yaml (no experiment overrides)
+                   "All params are as committed"):  # fmt: skip
         assert phrase.lower() in text.lower(), phrase
     assert (tmp_path / "report.png").stat().st_size > 10_000
