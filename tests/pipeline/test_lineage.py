@@ -177,7 +177,7 @@ def test_remote_shares_data_and_models_and_the_run_cache_restores_stages(tmp_pat
         assert f"Running stage '{stage}'" not in out, out
     # train keeps a resumable backup (models/backup, persist: true), which DVC's run-cache does
     # not store; it reruns, deterministically, and opens a new MLflow run in this clone. The
-    # stages after it declare `cache: false` outputs, which DVC leaves out of the run-cache too.
+    # stages after it depend on models/run.json, which names that new run, so they rerun too.
     assert "Running stage 'train'" in out, out
     for rel in processed:
         assert (c / rel).read_bytes() == (a / rel).read_bytes(), rel
