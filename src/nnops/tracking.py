@@ -307,7 +307,12 @@ def process_tags() -> dict[str, str]:
     return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this machine still runs (another user's counts as running).
+
+    Args:
+        pid: the process id.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -346,7 +351,7 @@ def close_dead_runs(uri: str, experiment_id: str) -> list[str]:
         pid = tags.get(PID_TAG, "")
         if tags.get(HOST_TAG) != host or not pid.isdigit() or int(pid) == os.getpid():
             continue
-        if _alive(int(pid)):
+        if process_alive(int(pid)):
             continue
         with store_lock(uri):
             client.set_tag(run.info.run_id, "nnops.end_reason",

@@ -9,7 +9,6 @@ its MLflow child run is marked KILLED.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 import warnings
@@ -21,6 +20,7 @@ from typing import Any
 
 from nnops.config import Params, TuneParams
 from nnops.errors import NnopsError
+from nnops.tracking import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +153,6 @@ def open_study(setup: Setup, seed_offset: int = 0) -> Any:
     return study
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_dead_trials(study: Any, tracking_uri: str) -> int:
     """Fail RUNNING trials whose process on this machine is gone; close their MLflow runs.
 
@@ -180,7 +170,7 @@ def fail_dead_trials(study: Any, tracking_uri: str) -> int:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         where = str(trial.user_attrs.get("worker", ""))
         name, _, pid = where.rpartition(":")
-        if name == host and pid.isdigit() and not _alive(int(pid)):
+        if name == host and pid.isdigit() and not process_alive(int(pid)):
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
             dead.append(trial)
     optuna.storages.fail_stale_trials(study)
