@@ -178,19 +178,20 @@ def make_project(dest: Path, params: dict | None = None) -> Path:
     return dest
 
 
+def merge_params(base: dict, overrides: dict) -> dict:
+    """Merge nested ``overrides`` into ``base`` in place (nested dicts replace keys); return it."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_params(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
 def set_params(root: Path, overrides: dict) -> None:
     """Merge nested ``overrides`` into ``root/params.yaml``."""
     path = root / "params.yaml"
-    data = yaml.safe_load(path.read_text()) or {}
-
-    def merge(base: dict, new: dict) -> None:
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-
-    merge(data, overrides)
+    data = merge_params(yaml.safe_load(path.read_text()) or {}, overrides)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import merge_params
 from nnops.config import ConfigError, Params, load_params, parse_params
 
 pytestmark = pytest.mark.unit
@@ -20,16 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def merged(overrides: dict) -> dict:
     """The repository's params.yaml with ``overrides`` merged in (a nested dict replaces keys)."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-
-    def merge(base: dict, new: dict) -> None:
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-
-    merge(raw, copy.deepcopy(overrides))
-    return raw
+    return merge_params(raw, copy.deepcopy(overrides))
 
 
 def error_of(raw: dict) -> str:

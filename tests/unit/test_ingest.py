@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,22 +60,31 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
-    """A real HTTP server on 127.0.0.1 serving a temporary directory."""
+@contextmanager
+def serve_directory(
+    root: Path, handler_class: type, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Serve ``root`` with ``handler_class`` on a free 127.0.0.1 port; yield ``host:port``."""
     for name in ("no_proxy", "NO_PROXY"):  # a CI proxy must not intercept 127.0.0.1
         monkeypatch.setenv(name, "127.0.0.1,localhost")
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(root))
+    handler = functools.partial(handler_class, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
+        yield f"127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on 127.0.0.1 serving a temporary directory."""
+    root = tmp_path / "served"
+    root.mkdir()
+    with serve_directory(root, QuietHandler, monkeypatch) as host:
+        yield f"http://{host}", root
 
 
 # ---------------------------------------------------------------- sources
@@ -317,21 +327,12 @@ class AuthHandler(QuietHandler):
 @pytest.fixture
 def auth_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
     """A real HTTP server on 127.0.0.1 that wants credentials."""
-    for name in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(name, "127.0.0.1,localhost")
     root = tmp_path / "served"
     root.mkdir()
     write_csv(root / "people.csv")
     AuthHandler.seen = []
-    handler = functools.partial(AuthHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_directory(root, AuthHandler, monkeypatch) as host:
+        yield host, root
 
 
 def csv_params(tmp_path: Path, **data: object):
