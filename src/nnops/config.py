@@ -8,6 +8,7 @@ Every error names the full dotted key, the value received and what is allowed.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -420,6 +421,35 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
         raise ConfigError(f"{source}: invalid params\n  " + "\n  ".join(lines)) from None
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML as DVC reads and writes ``params.yaml``: numbers by YAML 1.2, so ``1e-05`` (what
+    ``dvc exp run -S train.l2=1e-05`` writes) is a float, not the string PyYAML's 1.1 rules make it.
+    """
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse a params document with the YAML number rules DVC uses.
+
+    Args:
+        text: the YAML text.
+    """
+    return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate ``params.yaml``.
 
@@ -432,7 +462,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read params file ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, str(path))

@@ -640,7 +640,7 @@ def committed_params(root: Path) -> Params | None:
 
     import yaml
 
-    from nnops.config import ConfigError, parse_params
+    from nnops.config import ConfigError, parse_params, read_yaml
 
     try:
         proc = subprocess.run(
@@ -652,7 +652,7 @@ def committed_params(root: Path) -> Params | None:
     if proc.returncode != 0:
         return None
     try:
-        return parse_params(yaml.safe_load(proc.stdout), "HEAD:params.yaml")
+        return parse_params(read_yaml(proc.stdout), "HEAD:params.yaml")
     except (ConfigError, yaml.YAMLError):
         return None  # committed before a params change: nothing comparable
 

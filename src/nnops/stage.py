@@ -55,6 +55,10 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # SQLAlchemy logs, with a traceback, the errors it swallows while closing a connection, e.g.
+    # when SIGTERM lands inside a store query. The stage reports the stop itself, in one line;
+    # errors that matter reach nnops as exceptions.
+    logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
 
 
 def run_stage(

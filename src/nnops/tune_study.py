@@ -96,6 +96,10 @@ def make_pruner(tune: TuneParams, epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
+STORAGE_TRIES = 5
+"""How often opening the study database is tried when a concurrent worker created its tables."""
+
+
 def open_study(setup: Setup, seed_offset: int = 0) -> Any:
     """Create the study or load it (``load_if_exists``); trials keep a heartbeat.
 
@@ -118,19 +122,26 @@ def open_study(setup: Setup, seed_offset: int = 0) -> Any:
         if run_id:
             mark_killed(setup.tracking_uri, [run_id], "the trial's process stopped (heartbeat)")
 
-    try:
-        storage = optuna.storages.RDBStorage(
-            setup.storage,
-            heartbeat_interval=tune.heartbeat_s,
-            grace_period=tune.stale_after_s,
-            heartbeat_stale_trial_callback=on_stale,
-        )
-    except Exception as exc:  # no driver, server down, bad URL: name the store, not a traceback
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise NnopsError(
-            f"study storage {masked(setup.storage)} cannot be opened ({type(exc).__name__}: "
-            f"{first})"
-        ) from None
+    # Workers that start together on an empty database race to create Optuna's tables; the
+    # loser's insert fails on a unique key. A second try finds the tables made.
+    for attempt in range(STORAGE_TRIES):
+        try:
+            storage = optuna.storages.RDBStorage(
+                setup.storage,
+                heartbeat_interval=tune.heartbeat_s,
+                grace_period=tune.stale_after_s,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+            break
+        except Exception as exc:  # no driver, server down, bad URL: name the store, no traceback
+            if type(exc).__name__ == "IntegrityError" and attempt + 1 < STORAGE_TRIES:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise NnopsError(
+                f"study storage {masked(setup.storage)} cannot be opened ({type(exc).__name__}: "
+                f"{first})"
+            ) from None
     sampler = optuna.samplers.TPESampler(
         seed=tune.seed + seed_offset, n_startup_trials=tune.startup_trials
     )

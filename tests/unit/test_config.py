@@ -261,3 +261,21 @@ def test_stage_with_bad_params_exits_2_before_heavy_imports(tmp_path: Path, stag
     assert "yaml" in imported and "pydantic" in imported  # the trace is really there
     assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))
     assert list(tmp_path.iterdir()) == [params]  # nothing written
+
+
+def test_numbers_in_exponent_form_are_floats_as_dvc_writes_them(tmp_path: Path):
+    # `dvc exp run -S train.l2=1e-05` writes `l2: 1e-05`: YAML 1.2 (DVC) reads a float, YAML 1.1
+    # (PyYAML's safe_load) a string, which the strict float check would refuse.
+    text = (REPO / "params.yaml").read_text()
+    text = text.replace("  l2: 0.0", "  l2: 1e-05").replace(
+        "learning_rate: 0.001", "learning_rate: 2E-3"
+    )
+    assert "l2: 1e-05" in text and "learning_rate: 2E-3" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    params = load_params(path)
+    assert params.train.l2 == 1e-05 and params.train.learning_rate == 0.002
+    # a quoted value is still a string, and still refused
+    path.write_text(text.replace("l2: 1e-05", "l2: '1e-05'"))
+    with pytest.raises(ConfigError, match="train.l2: received '1e-05'"):
+        load_params(path)
