@@ -86,8 +86,15 @@ def _train(root: Path, tag: str, epochs: int = 400) -> subprocess.Popen:
     (root / f"{tag}.yaml").write_text(yaml.safe_dump(raw))
     cmd = [sys.executable, "pipelines/train.py", "--params", f"{tag}.yaml",
            "--out", f"{tag}/models", "--reports", f"{tag}/reports"]  # fmt: skip
+    # As from a terminal: a background job of a non-interactive shell (how CI may run us) starts
+    # with SIGINT ignored, and Python then keeps it ignored; Ctrl-C in a terminal is not.
     return subprocess.Popen(cmd, cwd=root, env=project_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_epoch(root: Path, tag: str, proc: subprocess.Popen, epoch: int) -> str:
