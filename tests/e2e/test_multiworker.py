@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,34 +50,42 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def run_two_workers(root: Path, env_of: Callable[..., dict[str, str]]) -> list[tuple[int, str]]:
+    """Run pipelines/train.py as the two workers of one TF_CONFIG cluster; return each one's exit
+    status and output (stdout and stderr).
+
+    Args:
+        root: the project.
+        env_of: builds a worker's environment from ``TF_CONFIG=...``.
+    """
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        cmd = [sys.executable, "pipelines/train.py", "--out", f"w{index}",
+               "--reports", f"w{index}/reports"]  # fmt: skip
+        procs.append(
+            subprocess.Popen(cmd, cwd=root, env=env_of(TF_CONFIG=json.dumps(tf_config)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )  # fmt: skip
+    try:
+        outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return [(proc.returncode, out) for proc, out in zip(procs, outputs, strict=True)]
+
+
 def test_two_workers_end_with_the_same_weights(tmp_path: Path):
     import keras
 
     params = {"train": {"epochs": 3, "distribute": "multi_worker", "steps_per_execution": 16}}
     root = make_project(tmp_path / "repo", params)
     write_processed(root / "data/processed")
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = project_env(TF_CONFIG=json.dumps(tf_config))
-        cmd = [sys.executable, "pipelines/train.py", "--out", f"w{index}",
-               "--reports", f"w{index}/reports"]  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )  # fmt: skip
-        )
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=600))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for proc, (_, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err[-4000:]
+    results = run_two_workers(root, project_env)
+    for code, output in results:
+        assert code == 0, output[-4000:]
 
     models = [keras.models.load_model(root / f"w{i}/model.keras", safe_mode=True) for i in (0, 1)]
     for a, b in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
@@ -88,8 +97,8 @@ def test_two_workers_end_with_the_same_weights(tmp_path: Path):
     assert summaries[0]["epochs_run"] == 3 and summaries[0]["restored"]["val_accuracy"] > 0.5
     # Only the chief tracks the run; both logged why steps_per_execution does not apply.
     assert (root / "w0/run.json").exists() and not (root / "w1/run.json").exists()
-    assert all("custom training loop runs all" in err for _, err in outputs)
-    assert "Traceback" not in outputs[0][1]
+    assert all("custom training loop runs all" in out for _, out in results)
+    assert "Traceback" not in results[0][1]
 
 
 MIRRORED = """

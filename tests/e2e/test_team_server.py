@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -242,29 +241,14 @@ def test_two_training_workers_log_one_run(
     tmp_path: Path,
     team_server: TeamServer,  # noqa: F811
 ) -> None:
-    from test_multiworker import _free_ports, write_processed
+    from test_multiworker import run_two_workers, write_processed
 
     params = {"train": {"epochs": 2, "distribute": "multi_worker", "steps_per_execution": 16},
               "mlflow": {"experiment": "multiworker"}}  # fmt: skip
     root = make_project(tmp_path / "repo", params)
     write_processed(root / "data/processed")
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        cmd = [sys.executable, "pipelines/train.py", "--out", f"w{index}",
-               "--reports", f"w{index}/reports"]  # fmt: skip
-        procs.append(
-            subprocess.Popen(cmd, cwd=root, env=team_server.env(TF_CONFIG=json.dumps(tf_config)),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )  # fmt: skip
-    try:
-        outputs = [proc.communicate(timeout=600)[0] for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outputs]
+    results = run_two_workers(root, team_server.env)
+    assert [code for code, _ in results] == [0, 0], [out[-3000:] for _, out in results]
 
     client = team_server.client()
     [tracked] = _runs(client, "multiworker")
