@@ -51,7 +51,7 @@ team-down:  ## stop the server and PostgreSQL that team-up started
 
 serve: setup  ## serve models:/<register.model_name>@champion on 127.0.0.1:5001 (PORT=5001)
 	. $(BIN)/activate && export MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" && \
-	mlflow models serve -m "models:/$$(python -c 'from nnops.config import load_params; print(load_params().register_.model_name)')@champion" \
+	mlflow models serve -m "models:/$$(python -c 'from nnops.config import load_params; print(load_params().registry.model_name)')@champion" \
 	  --env-manager local -h 127.0.0.1 -p $(or $(PORT),5001)
 
 bench: setup  ## run the benchmarks in bench/

@@ -123,7 +123,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=200, help="split seeds per case")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
-    v = params.validate_
+    v = params.validation
     print(
         f"params: drift_alpha={v.drift_alpha}, drift_distance={v.drift_distance}, "
         f"drift_share={v.drift_share}, drift_switch_rows={v.drift_switch_rows}; "

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 from nnops import evaluate as ev
+from nnops import scoring
+from nnops.catalog import read_split, split_path
 from nnops.config import Params
 from nnops.diagnose import diagnose
 from nnops.errors import NnopsError
@@ -25,7 +27,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     class_names = [str(c) for c in read_json(data / "meta.json").get("class_names") or []]
     if len(class_names) < 2:
         raise NnopsError(f"{data / 'meta.json'}: class_names must list at least two classes")
-    splits = {s: ev.read_split(data / f"{s}.npz") for s in ev.SPLITS}
+    splits = {s: read_split(split_path(data, s)) for s in scoring.SPLITS}
     history, run_info = ev.read_history(args.history), read_run_info(args.run)
     summary = read_json(args.summary) if Path(args.summary).is_file() else {}
     if not Path(args.model).is_file():
@@ -37,8 +39,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
     import keras
 
     model = keras.saving.load_model(args.model, safe_mode=True)
-    probas = {s: ev.predict_proba(model, x) for s, (x, _) in splits.items()}
-    scores = {s: ev.score_split(splits[s][1], probas[s], class_names) for s in ev.SPLITS}
+    probas = {s: scoring.predict_proba(model, x) for s, (x, _) in splits.items()}
+    scores = {s: scoring.score_split(splits[s][1], probas[s], class_names) for s in scoring.SPLITS}
     restored = summary.get("best_epoch") if summary.get("restored_best_weights") else None
     fit = diagnose(
         scores["train"].headline(),
@@ -60,7 +62,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
             params.train.seed,
         )
 
-    metrics = {s: scores[s].headline() for s in ev.SPLITS} | {"fit": fit.metrics()}
+    metrics = {s: scores[s].headline() for s in scoring.SPLITS} | {"fit": fit.metrics()}
     report = ev.evaluation_report(scores, class_names, fit, curve)
     y_test, p_test = splits["test"][1], probas["test"].argmax(axis=1)
     # Without evaluate.learning_curve the plot holds one point: the evaluated model itself.

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 from nnops import register as reg
+from nnops.catalog import read_split
 from nnops.config import Params
 from nnops.errors import NnopsError
-from nnops.evaluate import read_split
 from nnops.io import read_json, write_json
 from nnops.stage import run_stage
 
@@ -23,7 +23,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     from nnops.lease import register_lease
     from nnops.tracking import ensure_reachable, read_run_info, resume_run
 
-    p, info, metrics = params.register_, read_run_info(args.run), read_json(args.metrics)
+    p, info, metrics = params.registry, read_run_info(args.run), read_json(args.metrics)
     if not info.model_uri:
         raise NnopsError(f"{args.run}: no model_uri; the train stage must log the model")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or info.tracking_uri

@@ -21,12 +21,12 @@ def main(args: argparse.Namespace, params: Params) -> None:
 
     validate.import_gx_in_background()  # overlaps the slow import with reading the data
     raw = read_raw(args.raw)
-    prof = validate.profile(raw.frame, raw.meta, params.split, params.validate_)
-    checks = validate.build_checks(prof, params.validate_, raw.meta)
+    prof = validate.profile(raw.frame, raw.meta, params.split, params.validation)
+    checks = validate.build_checks(prof, params.validation, raw.meta)
     report = validate.summarise(prof, checks, validate.run_suites(prof, checks), raw.meta)
     out = Path(args.out)
     write_json(out / "validation.json", report)
-    ref = validate.reference_profile(prof, params.validate_, raw.meta, params.data.label_column)
+    ref = validate.reference_profile(prof, params.validation, raw.meta, params.data.label_column)
     write_text(out / "profile.json", validate.profile_json(ref))
     write_text(out / "validation.html", validate.render_html(report))
     for line in validate.failure_lines(report):

@@ -131,7 +131,7 @@ def section(dotted: str, **overrides: object) -> object:
 
     model = load_params(REPO / "params.yaml")
     for part in dotted.split("."):
-        model = getattr(model, {"validate": "validate_", "register": "register_"}.get(part, part))
+        model = getattr(model, {"validate": "validation", "register": "registry"}.get(part, part))
     return type(model).model_validate({**model.model_dump(), **overrides})
 
 

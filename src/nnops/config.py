@@ -296,15 +296,15 @@ class TuneParams(_Section):
 
 class Params(_Section):
     """The whole of ``params.yaml``; ``validate`` and ``register`` are read as
-    ``params.validate_`` and ``params.register_`` (the plain names belong to pydantic)."""
+    ``params.validation`` and ``params.registry`` (the plain names belong to pydantic)."""
 
     data: DataParams
     split: SplitParams
-    validate_: ValidateParams = Field(alias="validate")
+    validation: ValidateParams = Field(alias="validate")
     preprocess: PreprocessParams
     train: TrainParams
     evaluate: EvaluateParams
-    register_: RegisterParams = Field(alias="register")
+    registry: RegisterParams = Field(alias="register")
     mlflow: MlflowParams
     tune: TuneParams
 

@@ -3,8 +3,8 @@
 Every metric comes from ``sklearn.metrics``. The scoring, diagnosis-report and figure functions
 take arrays and return data (or a matplotlib ``Figure``); the file edges at the end of the module
 (``read_split``, ``read_history``, ``write_plots``) read and write the stage's files, and MLflow
-logging happens in ``pipelines/evaluate.py``. Other stages may import ``score_split``,
-``per_class_table`` and ``read_split``; ``reports/evaluation.json`` is ``evaluation_report``.
+logging happens in ``pipelines/evaluate.py``. Scoring itself lives in :mod:`nnops.scoring`;
+``reports/evaluation.json`` is ``evaluation_report``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,121 +21,12 @@ from nnops.config import TrainParams
 from nnops.diagnose import Diagnosis
 from nnops.errors import NnopsError
 from nnops.io import atomic_path
+from nnops.scoring import SplitScores, confusion_rows, predict_proba, score_split
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class SplitScores:
-    """The scores of one split: headline numbers, a per-class table and the confusion matrix."""
-
-    loss: float
-    accuracy: float
-    f1_macro: float
-    per_class: list[dict[str, Any]]
-    confusion_matrix: list[list[int]]
-    n: int
-
-    def headline(self) -> dict[str, float]:
-        """Return the numbers that go into ``reports/metrics.json``."""
-        return {"loss": self.loss, "accuracy": self.accuracy, "f1_macro": self.f1_macro}
-
-
-def predict_proba(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Return the class probabilities a Keras model gives for raw rows ``x``.
-
-    Args:
-        model: a Keras model whose last layer is a softmax.
-        x: raw, unscaled features, shape (n, d).
-        batch_size: rows per forward pass.
-    """
-    proba = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
-    if proba.ndim != 2:
-        raise ValueError(f"model output has shape {proba.shape}; expected (rows, classes)")
-    return proba
-
-
-def per_class_table(
-    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Per-class precision, recall, F1 and support, sorted by F1 from best to worst.
-
-    Args:
-        y_true: true class indices.
-        y_pred: predicted class indices.
-        class_names: the name of each class index.
-    """
-    from sklearn.metrics import precision_recall_fscore_support
-
-    labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    rows = [
-        {
-            "class": str(class_names[i]),
-            "index": i,
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i in labels
-    ]
-    return sorted(rows, key=lambda r: (-r["f1"], r["index"]))
-
-
-def score_split(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) -> SplitScores:
-    """Score one split from its true labels and predicted probabilities.
-
-    Args:
-        y_true: true class indices, shape (n,).
-        proba: predicted probabilities, shape (n, classes).
-        class_names: the name of each class index.
-    """
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
-
-    y_true = np.asarray(y_true).astype(np.int64)
-    k = len(class_names)
-    if proba.shape != (len(y_true), k):
-        raise ValueError(
-            f"probabilities have shape {proba.shape}; expected ({len(y_true)}, {k}) "
-            f"for {len(y_true)} rows and {k} classes"
-        )
-    # float32 softmax rows sum to one only within rounding (sklearn warns): renormalise.
-    proba = np.asarray(proba, dtype=np.float64)
-    proba = proba / proba.sum(axis=1, keepdims=True)
-    y_pred = proba.argmax(axis=1)
-    labels = list(range(k))
-    return SplitScores(
-        loss=float(log_loss(y_true, proba, labels=labels)),
-        accuracy=float(accuracy_score(y_true, y_pred)),
-        f1_macro=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        per_class=per_class_table(y_true, y_pred, class_names),
-        confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        n=len(y_true),
-    )
-
-
-def confusion_rows(
-    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
-) -> list[dict[str, str]]:
-    """One ``{actual, predicted}`` row per example, the input of DVC's confusion template.
-
-    Args:
-        y_true: true class indices.
-        y_pred: predicted class indices.
-        class_names: the name of each class index.
-    """
-    names = [str(c) for c in class_names]
-    return [
-        {"actual": names[t], "predicted": names[p]} for t, p in zip(y_true, y_pred, strict=True)
-    ]
 
 
 def history_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
@@ -371,28 +261,6 @@ def evaluation_report(
 
 
 # --- File edges used by pipelines/evaluate.py (and other stages reading the same files) ---------
-
-
-def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read the raw features ``x_raw`` and labels ``y`` of one processed split.
-
-    Args:
-        path: a ``train.npz``, ``val.npz`` or ``test.npz`` written by the preprocess stage.
-    """
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x_raw", "y") if k not in npz.files]
-            if missing:
-                raise NnopsError(f"{path}: missing array(s) {', '.join(missing)}")
-            x, y = npz["x_raw"].astype(np.float32), npz["y"].astype(np.int64)
-    except FileNotFoundError:
-        raise NnopsError(f"{path}: file not found (did the preprocess stage run?)") from None
-    if x.ndim != 2 or len(x) != len(y):
-        raise NnopsError(
-            f"{path}: x_raw has shape {x.shape} and y {y.shape}; expected (n, d), (n,)"
-        )
-    return x, y
 
 
 def read_history(path: str | Path) -> dict[str, list[float]]:

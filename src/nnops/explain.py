@@ -20,6 +20,7 @@ import numpy as np
 
 from nnops.config import EvaluateParams
 from nnops.errors import NnopsError
+from nnops.scoring import predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +59,6 @@ class FeatureImportance:
     feature: str
     importance_mean: float
     importance_std: float
-
-
-def predict_proba(model: Any, x: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """Return the model's class probabilities for raw inputs, computed in chunks.
-
-    Args:
-        model: a Keras model taking raw input and returning probabilities.
-        x: raw inputs, shape (n, d).
-        chunk_rows: rows per forward pass.
-    """
-    if len(x) == 0:
-        return np.zeros((0, int(model.outputs[0].shape[-1])), dtype=np.float32)
-    parts = [
-        np.asarray(model(x[i : i + chunk_rows], training=False), dtype=np.float32)
-        for i in range(0, len(x), chunk_rows)
-    ]
-    return np.concatenate(parts, axis=0)
 
 
 def _target_gradients(model: Any, x: np.ndarray, target: np.ndarray) -> np.ndarray:

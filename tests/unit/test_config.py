@@ -47,7 +47,7 @@ def test_repository_params_load_and_flatten_to_dotted_names():
     assert isinstance(params, Params)
     flat = params.flat()
     assert flat["data.source"] == params.data.source
-    assert flat["validate.drift_alpha"] == params.validate_.drift_alpha
+    assert flat["validate.drift_alpha"] == params.validation.drift_alpha
     assert flat["train.hidden_layers.0.units"] == params.train.hidden_layers[0].units
     # every leaf of params.yaml is a typed param under its dotted name
     assert set(flat) == {".".join(map(str, k)) for k in KEYS}

@@ -123,7 +123,7 @@ def train_and_diagnose(digits, params, subset=None, noise=0.0):
     """Train the project's model (nnops.model.build_model) as ``params`` say, then diagnose it."""
     import keras
 
-    from nnops import evaluate as ev
+    from nnops import scoring as ev
     from nnops.model import build_model
 
     x_tr, y_tr, x_va, y_va = digits

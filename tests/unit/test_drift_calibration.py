@@ -63,7 +63,7 @@ def drifted(name: str, seed: int, test_fraction: float, shift: str = "none", k: 
         frame = frame.copy()
         test = frame.loc[parts.test, features].to_numpy(np.int64)
         frame.loc[parts.test, features] = np.clip(test + 25, 0, 255).astype(np.uint8)
-    summary = validate.feature_drift(frame, features, parts.train, parts.test, PARAMS.validate_)
+    summary = validate.feature_drift(frame, features, parts.train, parts.test, PARAMS.validation)
     return bool(summary["drifted"])
 
 
@@ -77,7 +77,7 @@ def test_random_splits_of_real_data_pass_at_least_99_percent(name: str):
 def test_half_std_shift_of_a_few_features_is_caught_in_95_percent():
     raw = dataset("digits")
     parts = split_indices(raw.frame["label"].to_numpy(), None, PARAMS.split.val_fraction, 0.3, 0)
-    assert len(parts.test) >= 500 and len(parts.train) >= PARAMS.validate_.drift_switch_rows
+    assert len(parts.test) >= 500 and len(parts.train) >= PARAMS.validation.drift_switch_rows
     seeds = range(100)
     caught = sum(drifted("digits", s, 0.3, "features", 5) for s in seeds)
     assert caught >= 0.95 * len(seeds)

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import section
 from nnops import evaluate as ev
+from nnops import scoring
+from nnops.catalog import read_split
 from nnops.diagnose import diagnose
 from nnops.errors import NnopsError
 
@@ -22,7 +24,7 @@ NAMES = ["cat", "dog", "owl"]
 def test_score_split_by_hand():
     y = np.array([0, 0, 1, 2])
     proba = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
-    s = ev.score_split(y, proba, NAMES)
+    s = scoring.score_split(y, proba, NAMES)
     assert s.accuracy == pytest.approx(0.75)
     assert s.loss == pytest.approx(-np.mean(np.log([0.8, 0.3, 0.7, 0.8])))
     # cat: P=1, R=.5, F1=2/3; dog: P=.5, R=1, F1=2/3; owl: 1, 1, 1.
@@ -41,13 +43,13 @@ def test_score_split_by_hand():
 def test_score_split_renormalises_float32_rows_and_checks_shape():
     y = np.array([0, 1])
     proba = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], dtype=np.float32) * np.float32(1.0000001)
-    assert math.isfinite(ev.score_split(y, proba, NAMES).loss)
+    assert math.isfinite(scoring.score_split(y, proba, NAMES).loss)
     with pytest.raises(ValueError, match=r"expected \(2, 3\)"):
-        ev.score_split(y, proba[:, :2], NAMES)
+        scoring.score_split(y, proba[:, :2], NAMES)
 
 
 def test_class_absent_from_a_split_gets_zero_scores_not_an_error():
-    s = ev.score_split(np.array([0, 0]), np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1]]), NAMES)
+    s = scoring.score_split(np.array([0, 0]), np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1]]), NAMES)
     owl = next(r for r in s.per_class if r["class"] == "owl")
     assert owl == {
         "class": "owl",
@@ -60,7 +62,7 @@ def test_class_absent_from_a_split_gets_zero_scores_not_an_error():
 
 
 def test_confusion_rows_name_classes():
-    rows = ev.confusion_rows(np.array([0, 2]), np.array([1, 2]), NAMES)
+    rows = scoring.confusion_rows(np.array([0, 2]), np.array([1, 2]), NAMES)
     assert rows == [{"actual": "cat", "predicted": "dog"}, {"actual": "owl", "predicted": "owl"}]
 
 
@@ -80,13 +82,13 @@ def test_subset_indices_are_seeded_and_stratified():
 
 def test_read_split_names_the_file_and_missing_array(tmp_path: Path):
     with pytest.raises(NnopsError, match="test.npz: file not found"):
-        ev.read_split(tmp_path / "test.npz")
+        read_split(tmp_path / "test.npz")
     np.savez(tmp_path / "val.npz", x=np.zeros((2, 3)), y=np.zeros(2))
     with pytest.raises(NnopsError, match=r"val.npz: missing array\(s\) x_raw"):
-        ev.read_split(tmp_path / "val.npz")
+        read_split(tmp_path / "val.npz")
     np.savez(tmp_path / "train.npz", x_raw=np.zeros((2, 3)), y=np.zeros(3))
     with pytest.raises(NnopsError, match="train.npz: x_raw has shape"):
-        ev.read_split(tmp_path / "train.npz")
+        read_split(tmp_path / "train.npz")
 
 
 def test_read_history_rejects_text(tmp_path: Path):
@@ -101,7 +103,7 @@ def test_read_history_rejects_text(tmp_path: Path):
 def test_write_plots_writes_dvc_files_and_pngs(tmp_path: Path):
     y = np.array([0, 1, 2, 2])
     proba = np.eye(3)[[0, 1, 2, 1]]
-    scores = ev.score_split(y, proba, NAMES)
+    scores = scoring.score_split(y, proba, NAMES)
     history = {
         "epoch": [1, 2],
         "loss": [1.0, 0.5],
@@ -126,7 +128,7 @@ def test_write_plots_writes_dvc_files_and_pngs(tmp_path: Path):
 
 def test_evaluation_report_puts_test_details_first():
     y = np.array([0, 1, 2])
-    s = ev.score_split(y, np.eye(3)[y] * 0.9 + 0.1 / 3, NAMES)
+    s = scoring.score_split(y, np.eye(3)[y] * 0.9 + 0.1 / 3, NAMES)
     fit = diagnose(s.headline(), s.headline(), None, section("evaluate.fit"))
     report = ev.evaluation_report({"train": s, "val": s, "test": s}, NAMES, fit, None)
     assert report["verdict"] == "good fit" and report["class_names"] == NAMES
@@ -154,7 +156,7 @@ def test_learning_curve_retrains_the_train_stage_model_on_growing_shares():
 
 def test_single_curve_point_writes_the_dvc_file_but_no_figure(tmp_path: Path):
     y = np.array([0, 1, 2])
-    s = ev.score_split(y, np.eye(3)[y], NAMES)
+    s = scoring.score_split(y, np.eye(3)[y], NAMES)
     point = ev.curve_point(1.0, 3, s, s)
     assert point["train_size"] == 3 and point["val_accuracy"] == 1.0
     pngs = ev.write_plots(tmp_path, {}, s, NAMES, [point], y, y)

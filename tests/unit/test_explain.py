@@ -11,6 +11,7 @@ import pytest
 from conftest import section
 from nnops import explain
 from nnops.errors import NnopsError
+from nnops.scoring import predict_proba
 
 pytestmark = pytest.mark.unit
 
@@ -56,14 +57,14 @@ def table_case():
 
 
 def _accuracy(model, x, y) -> float:
-    return float((explain.predict_proba(model, x).argmax(1) == y).mean())
+    return float((predict_proba(model, x).argmax(1) == y).mean())
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "gradient_x_input"])
 def test_attribution_puts_the_informative_pixels_on_top(image_case, method):
     model, x, y = image_case
     assert _accuracy(model, x, y) > 0.85  # the check below means nothing for a model that failed
-    probs = explain.predict_proba(model, x)
+    probs = predict_proba(model, x)
     attrs = explain.class_attributions(
         model, x, y, probs, ["a", "b", "c"], [4, 4], samples=60, method=method, steps=24
     )
@@ -80,10 +81,10 @@ def test_integrated_gradients_add_up_to_the_change_in_output(image_case):
     """Completeness: attributions sum to F(x) - F(baseline) for the explained class."""
     model, x, y = image_case
     rows = x[:20]
-    target = explain.predict_proba(model, rows).argmax(1).astype(np.int32)
+    target = predict_proba(model, rows).argmax(1).astype(np.int32)
     attr = explain.integrated_gradients(model, rows, target, steps=128, chunk_rows=1000)
-    f_x = explain.predict_proba(model, rows)[np.arange(20), target]
-    f_0 = explain.predict_proba(model, np.zeros_like(rows))[np.arange(20), target]
+    f_x = predict_proba(model, rows)[np.arange(20), target]
+    f_0 = predict_proba(model, np.zeros_like(rows))[np.arange(20), target]
     np.testing.assert_allclose(attr.sum(axis=1), f_x - f_0, atol=0.02)
 
 
@@ -134,7 +135,7 @@ def test_most_confident_errors_are_wrong_and_sorted():
 
 def test_image_shape_must_match_the_features(image_case):
     model, x, y = image_case
-    probs = explain.predict_proba(model, x)
+    probs = predict_proba(model, x)
     with pytest.raises(NnopsError, match=r"image_shape \[5, 5\] holds 25 values"):
         explain.class_attributions(model, x, y, probs, "abc", [5, 5], 5, "gradient_x_input", 1)
 

@@ -32,8 +32,8 @@ def iris() -> tuple[RawData, pd.DataFrame]:
 
 def write_profile(raw: RawData, path: Path, label_column: str) -> Path:
     """The validate stage's profile of ``raw`` (same functions the stage calls)."""
-    prof = validate.profile(raw.frame, raw.meta, PARAMS.split, PARAMS.validate_)
-    ref = validate.reference_profile(prof, PARAMS.validate_, raw.meta, label_column)
+    prof = validate.profile(raw.frame, raw.meta, PARAMS.split, PARAMS.validation)
+    ref = validate.reference_profile(prof, PARAMS.validation, raw.meta, label_column)
     path.write_text(json.dumps(ref))
     return path
 
