@@ -1,12 +1,13 @@
 """Gated promotion in the MLflow Model Registry: register every model, promote only the good ones.
 
 The gate (pure, ``gate_checks``) applies absolute bounds from ``params.register`` and compares the
-candidate with the current ``@champion`` on the same test data. The registry edge (the functions
-taking an ``MlflowClient``) keeps the registry consistent if it fails midway: a promotion writes
-all its tags on the new version first and moves the ``champion`` alias last, so a version never
-holds the alias without the record of why; an alias names one version at a time, so there are never
-two champions. Rerunning after a failure finds the version already registered for the run and
-finishes the job.
+candidate with the current ``@champion`` on the same test data. ``decide`` runs it against the
+registry (``nnops.registry``) and keeps the registry consistent if it fails midway. Rerunning after
+a failure finds the version already registered for the run and finishes the job.
+
+The champion's score on this test data is read from the tags recorded at its registration when
+the test data is the same (its digest matches); only otherwise is the champion loaded and scored,
+the one path that imports TensorFlow. The candidate's score is the evaluate stage's.
 """
 
 from __future__ import annotations
@@ -14,79 +15,39 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from nnops.config import RegisterParams
+from nnops.config import MlflowParams, RegisterParams
 from nnops.errors import NnopsError
+from nnops.registry import (
+    CHALLENGER,
+    CHAMPION,
+    DECISION_TAG,
+    TAG_PREFIX,
+    TASK_TAG,
+    TEST_ACCURACY_TAG,
+    TEST_HASH_TAG,
+    Step,
+    alias_version,
+    champion_task,
+    describe_task,
+    mark_version,
+    promote,
+    record_rejection,
+    same_task,
+    score_model,
+    task_of,
+    task_signature,
+)
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 GOOD_FIT = "good fit"
-TAG_PREFIX = "nnops."
-TASK_TAG = TAG_PREFIX + "task"
-"""Tag on each registered version and its run: a digest of the input schema and label set."""
-DECISION_TAG = TAG_PREFIX + "decision"
-"""``pending`` from registration until the gate's record is complete, then ``promoted``,
-``rejected`` or ``failed`` (the gate could not finish; rerun register to complete it)."""
-
-
-def task_of(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The task a model solves: its input columns and its classes, from ``meta.json``.
-
-    Args:
-        meta: the processed data's metadata (``n_features``, ``feature_names``, ``class_names``).
-    """
-    return {
-        "n_features": int(meta.get("n_features") or len(meta.get("feature_names") or [])),
-        "feature_names": [str(f) for f in meta.get("feature_names") or []],
-        "class_names": [str(c) for c in meta.get("class_names") or []],
-    }
-
-
-def task_signature(task: Mapping[str, Any]) -> str:
-    """A short digest that two models share exactly when they solve the same task.
-
-    Args:
-        task: as returned by ``task_of``.
-    """
-    text = json.dumps({k: task[k] for k in sorted(task)}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def describe_task(task: Mapping[str, Any]) -> str:
-    """Say in words what a task takes and predicts, e.g. ``4 features (a, b, ...), 3 classes``.
-
-    Args:
-        task: as returned by ``task_of``.
-    """
-    names = task.get("feature_names") or []
-    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    classes = task.get("class_names") or []
-    cls = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
-    return f"{task.get('n_features')} features ({shown}), {len(classes)} classes ({cls})"
-
-
-def quote_filter(value: str) -> str:
-    """Quote a value for an MLflow search filter (names may hold a quote: ``bob's model``).
-
-    Args:
-        value: the literal value.
-    """
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise NnopsError(
-        f"register.model_name {value!r} holds both quote characters; MLflow filters cannot "
-        "express it, use at most one kind"
-    )
 
 
 @dataclass(frozen=True)
@@ -226,297 +187,99 @@ def promotion_tags(
     return {TAG_PREFIX + k: v for k, v in tags.items()}
 
 
-# --- Registry edge: the only functions here that talk to MLflow ---------------------------------
-
-
-def _mlflow_error(action: str, exc: Exception) -> NnopsError:
-    return NnopsError(f"MLflow registry: {action} failed ({type(exc).__name__}: {exc})")
-
-
-def version_for_run(client: Any, name: str, run_id: str, source: str) -> Any | None:
-    """Return the version of ``name`` already registered from this run and source, if any.
+def test_data_hash(x: np.ndarray, y: np.ndarray) -> str:
+    """A digest of the test split's content (shapes, dtypes and values), not of its file.
 
     Args:
-        client: an ``mlflow.MlflowClient``.
-        name: the registered model name.
-        run_id: the MLflow run id.
-        source: the model URI that was registered.
-    """
-    versions = client.search_model_versions(
-        f"name = {quote_filter(name)} and run_id = {quote_filter(run_id)}"
-    )
-    same = [v for v in versions if v.source == source or not source]
-    return max(same, key=lambda v: int(v.version)) if same else None
-
-
-def register_version(client: Any, name: str, model_uri: str, run_id: str) -> Any:
-    """Register the run's model under ``name`` (or reuse the version registered earlier).
-
-    Args:
-        client: an ``mlflow.MlflowClient``.
-        name: the registered model name.
-        model_uri: the logged model's URI (``models:/m-...`` or ``runs:/<id>/model``).
-        run_id: the MLflow run id.
-    """
-    import mlflow
-
-    try:
-        existing = version_for_run(client, name, run_id, model_uri)
-    except Exception as exc:
-        raise _mlflow_error(f"searching {name!r} for run {run_id}", exc) from exc
-    if existing is not None:
-        log.info("run %s is already registered as %s version %s", run_id, name, existing.version)
-        return existing
-    try:
-        version = mlflow.register_model(model_uri, name)
-    except Exception as exc:  # MlflowException, connection errors
-        raise _mlflow_error(f"registering {model_uri} as {name!r}", exc) from exc
-    log.info("registered %s as %s version %s", model_uri, name, version.version)
-    return version
-
-
-def alias_version(client: Any, name: str, alias: str) -> Any | None:
-    """Return the version that holds ``alias``, or None when no version does.
-
-    Args:
-        client: an ``mlflow.MlflowClient``.
-        name: the registered model name.
-        alias: the alias, e.g. ``champion``.
-    """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise _mlflow_error(f"looking up {name}@{alias}", exc) from exc
-    except Exception as exc:  # connection errors
-        raise _mlflow_error(f"looking up {name}@{alias}", exc) from exc
-
-
-def score_model(model_uri: str, x: np.ndarray, y: np.ndarray) -> float:
-    """Load a model through MLflow's generic interface and return its accuracy on ``(x, y)``.
-
-    Args:
-        model_uri: e.g. ``models:/nnops-mlp@champion``.
         x: raw test features.
         y: test class indices.
     """
-    from nnops.distribute import import_tensorflow
-
-    import_tensorflow()  # without its C++ start-up noise
-    import keras
-    import mlflow
-
-    keras.config.disable_interactive_logging()  # no progress bars from the pyfunc wrapper
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-        proba = np.asarray(model.predict(x))
-    except Exception as exc:
-        raise _mlflow_error(f"loading and scoring {model_uri}", exc) from exc
-    if proba.ndim != 2 or len(proba) != len(y):
-        raise NnopsError(f"{model_uri}: predicted shape {proba.shape} for {len(y)} test rows")
-    return float((proba.argmax(axis=1) == y).mean())
+    digest = hashlib.sha256()
+    for array in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:32]
 
 
-Step = Callable[[str], None]
+@dataclass(frozen=True)
+class Candidate:
+    """A registered version waiting for the gate, and what the evaluate stage measured of it."""
 
+    name: str
+    """The registered model name."""
+    version: str
+    run_id: str
+    """The MLflow run that produced it."""
+    metrics: Mapping[str, Any]
+    """The content of ``reports/metrics.json``."""
+    test: tuple[np.ndarray, np.ndarray]
+    """Raw test features and labels: the champion is scored on them when its score is unknown."""
+    class_names: list[str] | None = None
+    task: Mapping[str, Any] | None = None
+    """``task_of`` the data: a champion of another task is not compared with (new lineage)."""
 
-def _steps(client: Any, name: str, version: str, tags: Mapping[str, str], on_step: Step | None):
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-        if on_step:
-            on_step(f"tag {key}")
-
-
-def promote(
-    client: Any,
-    name: str,
-    version: str,
-    tags: Mapping[str, str],
-    on_step: Step | None = None,
-) -> None:
-    """Record the decision on the version, then make it ``@champion`` (tags first, alias last).
-
-    Args:
-        client: an ``mlflow.MlflowClient``.
-        name: the registered model name.
-        version: the version to promote.
-        tags: the promotion record (``promotion_tags``).
-        on_step: called after each registry write with a short description (progress logging).
-    """
-    try:
-        _steps(client, name, version, tags, on_step)
-        client.set_registered_model_alias(name, CHAMPION, version)
-        if on_step:
-            on_step(f"alias {CHAMPION}")
-    except NnopsError:
-        raise
-    except Exception as exc:
-        raise _mlflow_error(
-            f"promoting {name} version {version} (the champion alias is unchanged unless this "
-            "failed after moving it; rerun the register stage to finish)",
-            exc,
-        ) from exc
-    # A promoted challenger stops being the challenger (best done last: the champion is set).
-    challenger = alias_version(client, name, CHALLENGER)
-    if challenger is not None and str(challenger.version) == str(version):
+    @property
+    def test_accuracy(self) -> float:
+        """The evaluate stage's test accuracy (a clear error when it is missing)."""
         try:
-            client.delete_registered_model_alias(name, CHALLENGER)
-        except Exception as exc:
-            raise _mlflow_error(
-                f"removing @{CHALLENGER} from {name} version {version}", exc
-            ) from exc
+            return float(self.metrics["test"]["accuracy"])
+        except (KeyError, TypeError, ValueError):
+            raise NnopsError(
+                "metrics: no numeric test.accuracy (did the evaluate stage run?)"
+            ) from None
+
+    @property
+    def test_hash(self) -> str:
+        """``test_data_hash`` of the test split."""
+        return test_data_hash(*self.test)
 
 
-def record_rejection(
-    client: Any,
-    name: str,
-    version: str,
-    tags: Mapping[str, str],
-    challenger: bool,
-    on_step: Step | None = None,
-) -> None:
-    """Record a failed gate on the version and optionally make it ``@challenger``.
+def champion_accuracy(client: Any, cand: Candidate, champion: Any, test_hash: str) -> float:
+    """The champion's test accuracy on the candidate's test data.
 
-    Args:
-        client: an ``mlflow.MlflowClient``.
-        name: the registered model name.
-        version: the version that failed the gate.
-        tags: the decision record (``promotion_tags``).
-        challenger: whether to move the ``challenger`` alias to this version.
-        on_step: called after each registry write with a short description.
-    """
-    try:
-        _steps(client, name, version, tags, on_step)
-        if challenger:
-            client.set_registered_model_alias(name, CHALLENGER, version)
-            if on_step:
-                on_step(f"alias {CHALLENGER}")
-    except Exception as exc:
-        raise _mlflow_error(
-            f"recording the gate decision on {name} version {version}", exc
-        ) from exc
-
-
-def champion_history(client: Any, name: str) -> list[dict[str, str]]:
-    """List every version ever promoted, oldest first, with its promotion record.
+    Read from the tags recorded at the champion's registration when the test data is the same;
+    else the champion is loaded and scored (this imports TensorFlow).
 
     Args:
         client: an ``mlflow.MlflowClient``.
-        name: the registered model name.
-    """
-    versions = client.search_model_versions(f"name = {quote_filter(name)}")
-    rows = []
-    for v in versions:
-        tags = dict(v.tags or {})
-        if tags.get(TAG_PREFIX + "promoted") == "true":
-            rows.append(
-                {
-                    "version": str(v.version),
-                    "promoted_at": tags.get(TAG_PREFIX + "promoted_at", ""),
-                    "previous_champion": tags.get(TAG_PREFIX + "previous_champion", ""),
-                    "test_accuracy": tags.get(TAG_PREFIX + "test.accuracy", ""),
-                    "run_id": tags.get(TAG_PREFIX + "run_id", ""),
-                    "reason": tags.get(TAG_PREFIX + "reason", ""),
-                    # search results may omit aliases; the single-version lookup has them
-                    "aliases": ",".join(client.get_model_version(name, v.version).aliases or []),
-                }
-            )
-    return sorted(rows, key=lambda r: (r["promoted_at"], int(r["version"])))
-
-
-def mark_version(client: Any, name: str, version: str, tags: Mapping[str, str]) -> None:
-    """Write bookkeeping tags on a version (its task, its decision state).
-
-    Args:
-        client: an ``mlflow.MlflowClient``.
-        name: the registered model name.
-        version: the version.
-        tags: tag name to value.
-    """
-    try:
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-    except Exception as exc:
-        raise _mlflow_error(f"tagging {name} version {version}", exc) from exc
-
-
-def champion_task(client: Any, name: str, champion: Any) -> dict[str, Any] | None:
-    """The task the champion solves: its task tag, or for versions registered before task tags
-    existed, its input width (from the model signature) and recorded class names.
-
-    Args:
-        client: an ``mlflow.MlflowClient``.
-        name: the registered model name.
+        cand: the candidate (its test split).
         champion: the champion's model version.
+        test_hash: ``test_data_hash`` of the candidate's test split.
     """
     tags = dict(champion.tags or {})
-    if tags.get(TASK_TAG):
-        return {"signature": tags[TASK_TAG], "description": tags.get(TASK_TAG + "_description")}
-    try:
-        import mlflow
-
-        info = mlflow.models.get_model_info(f"models:/{name}/{champion.version}")
-        inputs = info.signature.inputs if info.signature else None
-        width = int(inputs.inputs[0].shape[-1]) if inputs and inputs.is_tensor_spec() else None
-    except Exception:  # an unreadable signature: nothing to compare, score as before
-        return None
-    classes = json.loads(tags.get(TAG_PREFIX + "class_names", "null") or "null")
-    return {"n_features": width, "class_names": classes}
-
-
-def same_task(task: Mapping[str, Any], champion: Mapping[str, Any] | None) -> bool:
-    """Whether a candidate (``task_of``) solves the champion's task (``champion_task``).
-
-    Args:
-        task: the candidate's task.
-        champion: the champion's task; None when unknown (assumed the same).
-    """
-    if champion is None:
-        return True
-    if "signature" in champion:
-        return champion["signature"] == task_signature(task)
-    if champion.get("n_features") is not None and champion["n_features"] != task["n_features"]:
-        return False
-    classes = champion.get("class_names")
-    return classes is None or list(classes) == list(task["class_names"])
+    if tags.get(TEST_HASH_TAG) == test_hash and tags.get(TEST_ACCURACY_TAG):
+        log.info("champion version %s: test accuracy on this test data recorded at its "
+                 "registration", champion.version)  # fmt: skip
+        return float(tags[TEST_ACCURACY_TAG])
+    log.info("scoring champion version %s on this test data (its recorded score is for other "
+             "data, or none was recorded)", champion.version)  # fmt: skip
+    return score_model(f"models:/{cand.name}@{CHAMPION}", *cand.test)
 
 
 def decide(
-    client: Any,
-    name: str,
-    version: str,
-    run_id: str,
-    metrics: Mapping[str, Any],
-    params: RegisterParams,
-    test: tuple[np.ndarray, np.ndarray],
-    class_names: list[str] | None,
-    on_step: Step | None = None,
-    task: Mapping[str, Any] | None = None,
+    client: Any, cand: Candidate, params: RegisterParams, on_step: Step | None = None
 ) -> dict[str, Any]:
-    """Gate a version and record the decision; on any failure mark the version ``failed``.
+    """Gate a registered version, record the decision in the registry, return the decision record.
 
-    See ``_decide`` for the arguments. A version is never left registered without a record:
-    until the gate's tags are complete its ``nnops.decision`` tag says ``pending`` or ``failed``,
-    and rerunning the register stage finishes the job.
+    A version is never left registered without a record: until the gate's tags are complete its
+    ``nnops.decision`` tag says ``pending`` or ``failed``, and rerunning the register stage
+    finishes the job.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        cand: the version to gate and its evaluation.
+        params: the ``register`` params section.
+        on_step: called after each registry write with a short description.
     """
-    if task is not None:
-        mark_version(
-            client,
-            name,
-            version,
-            {
-                TASK_TAG: task_signature(task),
-                TASK_TAG + "_description": describe_task(task),
-                DECISION_TAG: "pending",
-            },
-        )
+    name, version = cand.name, cand.version
+    test_hash = cand.test_hash
+    marks = {TEST_HASH_TAG: test_hash, DECISION_TAG: "pending"}
+    if cand.task is not None:
+        marks |= {TASK_TAG: task_signature(cand.task),
+                  TASK_TAG + "_description": describe_task(cand.task)}  # fmt: skip
+    mark_version(client, name, version, marks)
     try:
-        record = _decide(
-            client, name, version, run_id, metrics, params, test, class_names, on_step, task
-        )
+        record = _gate(client, cand, params, test_hash, on_step)
     except BaseException as exc:
         try:
             mark_version(client, name, version, {DECISION_TAG: "failed",
@@ -529,64 +292,42 @@ def decide(
     return record
 
 
-def _decide(
-    client: Any,
-    name: str,
-    version: str,
-    run_id: str,
-    metrics: Mapping[str, Any],
-    params: RegisterParams,
-    test: tuple[np.ndarray, np.ndarray],
-    class_names: list[str] | None,
-    on_step: Step | None = None,
-    task: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Gate a registered version, record the decision in the registry, return the decision record.
+def _new_lineage(client: Any, cand: Candidate, current: Any) -> str | None:
+    """Why the candidate is not compared with the champion ``current``; None when it is."""
+    if cand.task is None:
+        return None
+    theirs = champion_task(client, cand.name, current)
+    if same_task(cand.task, theirs):
+        return None
+    what = (theirs or {}).get("description") or (
+        f"{(theirs or {}).get('n_features')} features, classes {(theirs or {}).get('class_names')}"
+    )
+    return (
+        f"champion version {current.version} was trained on another task ({what}); this model "
+        f"takes {describe_task(cand.task)}, so it is not compared with it and starts a new "
+        f"lineage under {cand.name!r} (set register.model_name to keep the two apart)"
+    )
 
-    Args:
-        client: an ``mlflow.MlflowClient``.
-        name: the registered model name.
-        version: the candidate version (already registered).
-        run_id: the MLflow run that produced it.
-        metrics: the content of ``reports/metrics.json``.
-        params: the ``register`` params section.
-        test: raw test features and labels, to score the champion and the candidate alike.
-        class_names: names of the output classes, recorded on the version.
-        on_step: called after each registry write with a short description.
-        task: the candidate's task (``task_of``); a champion trained on another task is not
-            compared with, the candidate starts a new lineage.
-    """
-    try:
-        test_accuracy = float(metrics["test"]["accuracy"])
-    except (KeyError, TypeError, ValueError):
-        raise NnopsError(
-            "metrics: no numeric test.accuracy (did the evaluate stage run?)"
-        ) from None
-    verdict = str((metrics.get("fit") or {}).get("verdict", "unknown"))
+
+def _gate(
+    client: Any, cand: Candidate, params: RegisterParams, test_hash: str, on_step: Step | None
+) -> dict[str, Any]:
+    name, version = cand.name, cand.version
+    test_accuracy = cand.test_accuracy
+    mark_version(client, name, version, {TEST_ACCURACY_TAG: repr(test_accuracy)})
+    verdict = str((cand.metrics.get("fit") or {}).get("verdict", "unknown"))
     current = alias_version(client, name, CHAMPION)
     previous = str(current.version) if current is not None else None
     already = previous == str(version)
     champion = None
-    new_lineage = None
-    if previous is not None and not already and task is not None:
-        theirs = champion_task(client, name, current)
-        if not same_task(task, theirs):
-            what = (theirs or {}).get("description") or (
-                f"{(theirs or {}).get('n_features')} features, classes "
-                f"{(theirs or {}).get('class_names')}"
-            )
-            new_lineage = (
-                f"champion version {previous} was trained on another task ({what}); this "
-                f"model takes {describe_task(task)}, so it is not compared with it and starts a "
-                f"new lineage under {name!r} (set register.model_name to keep the two apart)"
-            )
-            log.warning("%s", new_lineage)
+    new_lineage = None if previous is None or already else _new_lineage(client, cand, current)
+    if new_lineage:
+        log.warning("%s", new_lineage)
     if previous is not None and not already and params.compare_to_champion and not new_lineage:
-        x, y = test
         champion = {
             "version": previous,
-            "accuracy": score_model(f"models:/{name}@{CHAMPION}", x, y),
-            "candidate_accuracy": score_model(f"models:/{name}/{version}", x, y),
+            "accuracy": champion_accuracy(client, cand, current, test_hash),
+            "candidate_accuracy": test_accuracy,
         }
     gates = [] if already else gate_checks(test_accuracy, verdict, params, champion)
     promoted = already or all(g.passed for g in gates)
@@ -594,7 +335,9 @@ def _decide(
     if new_lineage and not already:
         reason += f" ({new_lineage})"
     if not already:
-        tags = promotion_tags(run_id, metrics, gates, reason, promoted, previous, class_names)
+        tags = promotion_tags(
+            cand.run_id, cand.metrics, gates, reason, promoted, previous, cand.class_names
+        )
         if promoted:
             promote(client, name, version, tags, on_step)
         else:
@@ -604,7 +347,7 @@ def _decide(
         "registered": True,
         "model_name": name,
         "version": str(version),
-        "run_id": run_id,
+        "run_id": cand.run_id,
         "model_uri": f"models:/{name}/{version}",
         "promoted": promoted,
         "alias": alias,
@@ -614,5 +357,53 @@ def _decide(
         "failed_gates": [g.name for g in gates if not g.passed],
         "champion_accuracy": champion["accuracy"] if champion else None,
         "new_lineage": new_lineage,
-        "task": dict(task) if task is not None else None,
+        "task": dict(cand.task) if cand.task is not None else None,
     }
+
+
+def register_run(
+    info: Any,
+    metrics: Mapping[str, Any],
+    test: tuple[np.ndarray, np.ndarray],
+    meta: Mapping[str, Any],
+    params: RegisterParams,
+    mlflow_params: MlflowParams,
+) -> dict[str, Any]:
+    """Register the training run's model, gate it and tag the run with the outcome.
+
+    One register at a time per store (queued experiments, pipelines on several machines): the
+    champion compared against is still the champion when the alias moves.
+
+    Args:
+        info: ``models/run.json`` (a ``nnops.tracking.RunInfo``).
+        metrics: the content of ``reports/metrics.json``.
+        test: raw test features and labels.
+        meta: the processed data's ``meta.json``.
+        params: the ``register`` params section.
+        mlflow_params: the ``mlflow`` params section.
+    """
+    import mlflow
+
+    from nnops.lease import register_lease
+    from nnops.registry import register_version
+    from nnops.tracking import resume_run, store_uri
+
+    if not info.model_uri:
+        raise NnopsError("models/run.json: no model_uri; the train stage must log the model")
+    uri = store_uri(info, mlflow_params.connect_timeout_s)
+    client = mlflow.MlflowClient(uri)
+    task = task_of(meta)
+    with register_lease(uri, params.model_name):
+        version = register_version(client, params.model_name, info.model_uri, info.run_id).version
+        cand = Candidate(params.model_name, str(version), info.run_id, metrics, test,
+                         meta.get("class_names"), task)  # fmt: skip
+        record = decide(client, cand, params, lambda step: log.debug("registry: %s", step))
+    with resume_run(info, mlflow_params.connect_timeout_s):
+        mlflow.set_tags(
+            {
+                "registry.version": record["version"],
+                "registry.promoted": str(record["promoted"]).lower(),
+                TASK_TAG: task_signature(task),
+            }
+        )
+    return record

@@ -339,7 +339,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def champions_have_their_tags(client, name: str) -> None:
     """The registry invariant: one champion at most, and it carries its promotion record."""
-    from nnops.register import CHAMPION, alias_version
+    from nnops.registry import CHAMPION, alias_version
 
     champ = alias_version(client, name, CHAMPION)
     if champ is not None:
@@ -361,6 +361,7 @@ def test_server_killed_midway_through_a_promotion_leaves_the_registry_consistent
     import mlflow
 
     from nnops import register as reg
+    from nnops import registry as rg
     from nnops.errors import NnopsError
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -376,14 +377,14 @@ def test_server_killed_midway_through_a_promotion_leaves_the_registry_consistent
             model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, "softmax")])
             with mlflow.start_run() as active:
                 info = mlflow.keras.log_model(model, name="model")
-            versions.append(reg.register_version(client, NAME, info.model_uri, active.info.run_id))
+            versions.append(rg.register_version(client, NAME, info.model_uri, active.info.run_id))
         metrics = {"test": {"accuracy": 0.95}, "fit": {"verdict": "good fit"}}
 
         def record(run_id: str, previous: str | None) -> dict[str, str]:
             gates = reg.gate_checks(0.95, "good fit", section("register"))
             return reg.promotion_tags(run_id, metrics, gates, "promoted", True, previous, None)
 
-        reg.promote(client, NAME, "1", record(versions[0].run_id, None))
+        rg.promote(client, NAME, "1", record(versions[0].run_id, None))
         champions_have_their_tags(client, NAME)
 
         # Kill the server for real after the second registry write of version 2's promotion.
@@ -396,21 +397,21 @@ def test_server_killed_midway_through_a_promotion_leaves_the_registry_consistent
 
         tags2 = record(versions[1].run_id, "1")
         with pytest.raises(NnopsError, match=f"promoting {NAME} version 2"):
-            reg.promote(client, NAME, "2", tags2, kill_after_two)
+            rg.promote(client, NAME, "2", tags2, kill_after_two)
         assert len(steps) == 2 and not any(s.startswith("alias") for s in steps)
 
         server = start_server(tmp_path, port)  # same store, back up
-        assert str(reg.alias_version(client, NAME, reg.CHAMPION).version) == "1"
+        assert str(rg.alias_version(client, NAME, reg.CHAMPION).version) == "1"
         champions_have_their_tags(client, NAME)
         partial = client.get_model_version(NAME, "2")
         assert "champion" not in (partial.aliases or [])
 
         # Rerunning the promotion finishes it: version 2 is champion with its full record.
-        reg.promote(client, NAME, "2", tags2)
+        rg.promote(client, NAME, "2", tags2)
         champ = client.get_model_version_by_alias(NAME, "champion")
         assert str(champ.version) == "2" and tags2.items() <= champ.tags.items()
         champions_have_their_tags(client, NAME)
-        assert [h["version"] for h in reg.champion_history(client, NAME)] == ["1", "2"]
+        assert [h["version"] for h in rg.champion_history(client, NAME)] == ["1", "2"]
     finally:
         mlflow.set_tracking_uri(None)
         stop_server(server)

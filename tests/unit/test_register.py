@@ -11,6 +11,7 @@ import pytest
 
 from conftest import section
 from nnops import register as reg
+from nnops import registry as rg
 
 pytestmark = pytest.mark.unit
 
@@ -104,7 +105,7 @@ def registry(tmp_path: Path):
         model.layers[-1].set_weights([np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0.0, bias])])
         with mlflow.start_run(experiment_id=exp) as run:
             info = mlflow.keras.log_model(model, name="model")
-        versions.append(reg.register_version(client, "m", info.model_uri, run.info.run_id))
+        versions.append(rg.register_version(client, "m", info.model_uri, run.info.run_id))
     yield client, versions
     mlflow.set_tracking_uri(None)
 
@@ -113,30 +114,30 @@ def registry(tmp_path: Path):
 def test_registry_edge_promotes_records_history_and_reuses_versions(registry):
     client, (v1, v2) = registry
     assert (str(v1.version), str(v2.version)) == ("1", "2")
-    assert reg.alias_version(client, "m", reg.CHAMPION) is None
-    again = reg.register_version(client, "m", v1.source, v1.run_id)
+    assert rg.alias_version(client, "m", reg.CHAMPION) is None
+    again = rg.register_version(client, "m", v1.source, v1.run_id)
     assert str(again.version) == "1"  # the same run's model is not registered twice
 
     steps: list[str] = []
-    reg.record_rejection(client, "m", "1", {"nnops.promoted": "false"}, True, steps.append)
+    rg.record_rejection(client, "m", "1", {"nnops.promoted": "false"}, True, steps.append)
     assert steps == ["tag nnops.promoted", "alias challenger"]
-    assert str(reg.alias_version(client, "m", reg.CHALLENGER).version) == "1"
+    assert str(rg.alias_version(client, "m", reg.CHALLENGER).version) == "1"
 
     steps.clear()
     tags = {"nnops.promoted": "true", "nnops.promoted_at": "2026-01-01T00:00:00+00:00"}
-    reg.promote(client, "m", "1", tags, steps.append)
+    rg.promote(client, "m", "1", tags, steps.append)
     assert steps[-1] == "alias champion" and steps[:-1] == [f"tag {k}" for k in tags]
-    assert reg.alias_version(client, "m", reg.CHALLENGER) is None  # moved up, no longer challenger
-    reg.promote(client, "m", "2", {**tags, "nnops.promoted_at": "2026-01-02T00:00:00+00:00"})
-    assert str(reg.alias_version(client, "m", reg.CHAMPION).version) == "2"
-    history = reg.champion_history(client, "m")
+    assert rg.alias_version(client, "m", reg.CHALLENGER) is None  # moved up, no longer challenger
+    rg.promote(client, "m", "2", {**tags, "nnops.promoted_at": "2026-01-02T00:00:00+00:00"})
+    assert str(rg.alias_version(client, "m", reg.CHAMPION).version) == "2"
+    history = rg.champion_history(client, "m")
     assert [h["version"] for h in history] == ["1", "2"]
     assert history[1]["aliases"] == "champion" and history[0]["aliases"] == ""
 
     x = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], dtype=np.float32)
     y = np.array([0, 1, 0])
-    assert reg.score_model("models:/m/1", x, y) == 1.0
-    assert reg.score_model("models:/m@champion", x, y) == pytest.approx(1 / 3)  # bias favours 1
+    assert rg.score_model("models:/m/1", x, y) == 1.0
+    assert rg.score_model("models:/m@champion", x, y) == pytest.approx(1 / 3)  # bias favours 1
 
 
 QUOTED = "bob's model"
@@ -158,7 +159,7 @@ def quoted_registry(tmp_path: Path):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
         with mlflow.start_run(experiment_id=exp) as run:
             info = mlflow.keras.log_model(model, name="model")
-        versions.append(reg.register_version(client, QUOTED, info.model_uri, run.info.run_id))
+        versions.append(rg.register_version(client, QUOTED, info.model_uri, run.info.run_id))
     yield client, versions
     mlflow.set_tracking_uri(None)
 
@@ -181,22 +182,24 @@ def test_task_signature_follows_inputs_and_labels():
 
 @pytest.mark.parametrize(("value", "quoted"), [("m", "'m'"), ("bob's", '"bob\'s"')])
 def test_filter_values_are_quoted(value: str, quoted: str):
-    assert reg.quote_filter(value) == quoted
+    assert rg.quote_filter(value) == quoted
     with pytest.raises(Exception, match="both quote characters"):
-        reg.quote_filter("""a'b"c""")
+        rg.quote_filter("""a'b"c""")
 
 
 @pytest.mark.slow
 def test_a_champion_of_another_task_is_not_scored_and_a_new_lineage_starts(quoted_registry):
     client, (v1, v2) = quoted_registry
-    assert reg.version_for_run(client, QUOTED, v1.run_id, v1.source).version == v1.version
-    first = reg.decide(client, QUOTED, "1", v1.run_id, METRICS, P, (None, None), ["x", "y"],
-                       task=task(2, ["x", "y"]))  # fmt: skip
+    assert rg.version_for_run(client, QUOTED, v1.run_id, v1.source).version == v1.version
+    x2, y2 = np.zeros((4, 2), dtype=np.float32), np.zeros(4, dtype=int)
+    cand = reg.Candidate(QUOTED, "1", v1.run_id, METRICS, (x2, y2), ["x", "y"], task(2, ["x", "y"]))
+    first = reg.decide(client, cand, P)
     assert first["promoted"] and first["new_lineage"] is None
     # The candidate takes 3 features: scoring the 2-input champion on its test rows would raise.
     x3, y = np.zeros((4, 3), dtype=np.float32), np.zeros(4, dtype=int)
-    second = reg.decide(client, QUOTED, "2", v2.run_id, METRICS, P, (x3, y), ["a", "b", "c"],
-                        task=task(3, ["a", "b", "c"]))  # fmt: skip
+    cand = reg.Candidate(QUOTED, "2", v2.run_id, METRICS, (x3, y), ["a", "b", "c"],
+                         task(3, ["a", "b", "c"]))  # fmt: skip
+    second = reg.decide(client, cand, P)
     assert second["new_lineage"].startswith("champion version 1 was trained on another task")
     assert "register.model_name" in second["reason"] and second["champion_accuracy"] is None
     assert "not_worse_than_champion" not in [g["name"] for g in second["gates"]]
@@ -204,15 +207,49 @@ def test_a_champion_of_another_task_is_not_scored_and_a_new_lineage_starts(quote
     assert tags["nnops.decision"] == "promoted" and tags["nnops.task"] == reg.task_signature(
         task(3, ["a", "b", "c"])
     )
-    assert [h["version"] for h in reg.champion_history(client, QUOTED)] == ["1", "2"]
+    assert [h["version"] for h in rg.champion_history(client, QUOTED)] == ["1", "2"]
 
 
 @pytest.mark.slow
 def test_a_gate_that_cannot_finish_marks_the_version_failed(quoted_registry):
     client, (v1, _) = quoted_registry
     with pytest.raises(Exception, match="no numeric test.accuracy"):
-        reg.decide(client, QUOTED, "1", v1.run_id, {"fit": {}}, P, (None, None), None,
-                   task=task(2, ["x", "y"]))  # fmt: skip
+        x2, y2 = np.zeros((4, 2), dtype=np.float32), np.zeros(4, dtype=int)
+        cand = reg.Candidate(
+            QUOTED, "1", v1.run_id, {"fit": {}}, (x2, y2), None, task(2, ["x", "y"])
+        )
+        reg.decide(client, cand, P)
     tags = client.get_model_version(QUOTED, "1").tags
     assert tags["nnops.decision"] == "failed" and "test.accuracy" in tags["nnops.error"]
-    assert reg.alias_version(client, QUOTED, reg.CHAMPION) is None
+    assert rg.alias_version(client, QUOTED, reg.CHAMPION) is None
+
+
+@pytest.mark.slow
+def test_the_champion_score_on_the_same_test_data_is_reused_and_other_data_rescores(
+    quoted_registry, caplog
+):
+    client, (v1, v2) = quoted_registry
+    rows = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0]], dtype=np.float32)
+    test = (rows, np.array([0, 1, 0, 1]))
+    # 0.95 cannot come from scoring 4 rows: seeing it back proves the recorded tag was used.
+    first = reg.decide(client, reg.Candidate(QUOTED, "1", v1.run_id, METRICS, test), P)
+    assert first["promoted"]
+    tags = client.get_model_version(QUOTED, "1").tags
+    assert tags["nnops.test_data_hash"] == reg.test_data_hash(*test)
+    assert float(tags["nnops.test_accuracy"]) == 0.95
+
+    better = {"test": {"accuracy": 0.97}, "fit": {"verdict": "good fit"}}
+    with caplog.at_level("INFO", logger="nnops.register"):
+        same = reg.decide(client, reg.Candidate(QUOTED, "2", v2.run_id, better, test), P)
+    assert same["champion_accuracy"] == 0.95 and same["promoted"]
+    assert "recorded at its registration" in caplog.text and "scoring champion" not in caplog.text
+
+    # Other test data (one label changed): the champion (now version 2) is loaded and scored.
+    other = (rows, np.array([0, 1, 1, 1]))
+    assert reg.test_data_hash(*other) != reg.test_data_hash(*test)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="nnops.register"):
+        again = reg.decide(client, reg.Candidate(QUOTED, "1", v1.run_id, METRICS, other), P)
+    assert "scoring champion version 2" in caplog.text
+    assert again["champion_accuracy"] == rg.score_model(f"models:/{QUOTED}/2", *other)
+    assert again["champion_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
