@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from datetime import UTC, datetime
 from pathlib import Path
 
+from nnops import catalog
 from nnops import report as rp
 from nnops.config import Params
 from nnops.io import write_text
@@ -17,48 +16,33 @@ log = logging.getLogger("nnops.report")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    from nnops.tracking import close_dead_runs, read_run_info, resume_run, store_uri
+    from nnops.tracking import read_run_info
 
-    info = read_run_info(args.run)
-    # Runs a killed process left RUNNING are closed first, and the report lists them.
-    closed = close_dead_runs(store_uri(info, params.mlflow.connect_timeout_s), info.experiment_id)
-    # The stage's own workspace (a temporary clone under `dvc exp run --queue`): its HEAD is the
-    # commit this run was made from.
-    lineage = rp.git_lineage(Path.cwd()) | {
-        "dvc_exp": os.environ.get("DVC_EXP_NAME"),
-        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "closed_runs": ", ".join(closed),
-    }
-    paths = {k: Path(getattr(args, k)) for k in ("validation", "metrics", "evaluation", "history")}
-    paths |= {k: Path(getattr(args, k)) for k in ("explain", "registry", "run", "data_meta")}
-    baseline = rp.committed_params(Path.cwd())
+    info, timeout_s, root = read_run_info(args.run), params.mlflow.connect_timeout_s, Path.cwd()
+    paths = {k: Path(getattr(args, k)) for k in INPUTS}
+    lineage, baseline = rp.stage_lineage(root, info, timeout_s), rp.committed_params(root)
     report = rp.build_report(rp.load_inputs(params, lineage=lineage, baseline=baseline, **paths))
     out = Path(args.out)
     write_text(out / "report.html", report.html)
     write_text(out / "report.md", report.markdown)
     log.info("wrote %s and %s", out / "report.html", out / "report.md")
+    rp.log_report(info, out, paths["explain"], timeout_s)
 
-    with resume_run(info, params.mlflow.connect_timeout_s) as run:
-        import mlflow
 
-        for name in ("report.html", "report.md"):
-            mlflow.log_artifact(str(out / name), artifact_path="report")
-        if paths["explain"].is_dir():
-            mlflow.log_artifacts(str(paths["explain"]), artifact_path="explain")
-        log.info("logged the report to MLflow run %s", run.info.run_id)
+INPUTS = {  # what the earlier stages wrote, by flag
+    "validation": catalog.VALIDATION_DIR, "metrics": catalog.METRICS_JSON,
+    "evaluation": catalog.EVALUATION_JSON, "plots": catalog.PLOTS_DIR,
+    "history": catalog.HISTORY_CSV, "explain": catalog.EXPLAIN_DIR,
+    "registry": catalog.REGISTRY_JSON, "run": catalog.RUN_INFO,
+    "data_meta": catalog.PROCESSED_DIR / catalog.PROCESSED_META,
+}  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--validation", default="reports/validation", help="validate's output folder")
-    p.add_argument("--metrics", default="reports/metrics.json", help="evaluate's metrics")
-    p.add_argument("--evaluation", default="reports/evaluation.json", help="evaluate's details")
-    p.add_argument("--history", default="reports/train/history.csv", help="per-epoch history")
-    p.add_argument("--explain", default="reports/explain", help="explain's output folder")
-    p.add_argument("--registry", default="reports/registry.json", help="register's decision")
-    p.add_argument("--run", default="models/run.json", help="the MLflow run written by train")
-    p.add_argument("--data-meta", default="data/processed/meta.json", help="processed data meta")
-    p.add_argument("--out", default="reports", help="where report.html and report.md go")
+    for name, path in INPUTS.items():
+        p.add_argument("--" + name.replace("_", "-"), default=str(path), help="a stage's output")
+    p.add_argument("--out", default=str(catalog.REPORTS_DIR), help="report.html, report.md")
     return p
 
 

@@ -79,3 +79,33 @@ def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: x_raw has shape {x.shape} and y {y.shape}; expected (n, d), (n,)"
         )
     return x, y
+
+
+def read_history(path: str | Path) -> dict[str, list[float]]:
+    """Read the train stage's per-epoch ``history.csv`` into float columns.
+
+    An empty cell (a metric missing in one epoch) reads as NaN; text is an error naming the file,
+    the line and the column.
+
+    Args:
+        path: ``reports/train/history.csv``.
+    """
+    import csv
+    import math
+
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise NnopsError(f"{path}: file not found (did the train stage run?)") from None
+    columns: dict[str, list[float]] = {}
+    for line, row in enumerate(rows, start=2):
+        for key, value in row.items():
+            try:
+                columns.setdefault(key, []).append(float(value) if value != "" else math.nan)
+            except (TypeError, ValueError):
+                raise NnopsError(
+                    f"{path}: non-numeric value {value!r} in column {key!r} (line {line})"
+                ) from None
+    return columns

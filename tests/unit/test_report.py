@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -22,6 +25,17 @@ def _tiny_png(color: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (6, 4), color).save(buf, format="PNG")
     return buf.getvalue()
+
+
+PLOTS = {
+    name: _tiny_png(color)
+    for name, color in (
+        ("loss.png", "orange"),
+        ("accuracy.png", "teal"),
+        ("confusion_test.png", "navy"),
+    )
+}
+EXPLAIN_PNGS = {"attributions.png": _tiny_png("red"), "misclassified.png": _tiny_png("blue")}
 
 
 def _params(overrides: dict):
@@ -73,7 +87,7 @@ def _inputs(**overrides) -> rp.ReportInputs:
                                  "accuracy": 0.7, "f1_macro": 0.7, "gap": 0.15,
                                  "flagged": True}],
         },
-        images={"attributions.png": _tiny_png("red"), "misclassified.png": _tiny_png("blue")},
+        images=PLOTS | EXPLAIN_PNGS,
         registry={"registered": True, "version": 4, "promoted": True, "alias": "champion",
                   "gates": [{"name": "min_test_accuracy", "passed": True, "value": 0.9412,
                              "threshold": 0.9, "margin": 0.0412, "detail": "0.94 >= 0.9"},
@@ -109,7 +123,49 @@ def test_images_are_inlined_and_decode():
     for _, payload in uris:
         assert base64.b64decode(payload)[:8] == b"\x89PNG\r\n\x1a\n"
     assert 'src="http' not in report.html and "src='" not in report.html
-    assert set(report.figures) >= {"learning_curves.png", "confusion.png"}
+
+
+def test_evaluate_figures_are_embedded_as_saved_and_nothing_is_redrawn():
+    report = rp.build_report(_inputs())
+    assert report.figures == dict(PLOTS | EXPLAIN_PNGS)  # the files, byte for byte, no more
+    curves = _section(report.html, "learning-curves")
+    for name in ("loss.png", "accuracy.png"):
+        assert base64.b64encode(PLOTS[name]).decode() in curves
+    confusion = _section(report.html, "confusion")
+    assert base64.b64encode(PLOTS["confusion_test.png"]).decode() in confusion
+
+
+def test_learning_curves_are_drawn_from_the_history_only_when_evaluate_saved_none():
+    report = rp.build_report(_inputs(images=EXPLAIN_PNGS))
+    assert set(report.figures) == {"learning_curves.png", *EXPLAIN_PNGS}
+    assert report.figures["learning_curves.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert 'alt="learning curves"' in _section(report.html, "learning-curves")
+    assert "No confusion matrix found" in _section(report.html, "confusion")
+
+
+def test_the_report_stage_imports_no_framework(tmp_path):
+    """Rendering the report (templates, inputs from disk) loads no TensorFlow or plotting."""
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    for name, png in PLOTS.items():
+        (plots / name).write_bytes(png)
+    code = f"""
+import sys
+from pathlib import Path
+from nnops import report as rp
+from nnops.config import load_params
+t = Path({str(tmp_path)!r})
+inputs = rp.load_inputs(load_params({str(REPO / "params.yaml")!r}), t / "v", t / "m.json",
+    t / "e.json", t / "h.csv", t / "x", t / "r.json", t / "run.json", t / "meta.json", {{}},
+    plots=t / "plots")
+html = rp.build_report(inputs).html
+assert html.count("data:image/png") == 3, html
+heavy = [m for m in ("tensorflow", "keras", "matplotlib", "sklearn", "mlflow") if m in sys.modules]
+print("heavy:", heavy)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "heavy: []" in proc.stdout
 
 
 def test_params_diff_lists_only_changed_keys():
@@ -186,13 +242,19 @@ def test_markdown_summary_for_ci():
     assert "<img" not in md
 
 
-def test_read_history_names_a_bad_cell(tmp_path):
+def test_history_reader_reads_gaps_as_nan_and_names_a_bad_cell(tmp_path):
+    from nnops.catalog import read_history
     from nnops.errors import NnopsError
 
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss\n1,0.5\n2,oops\n")
-    with pytest.raises(NnopsError, match=r"history.csv:3: column 'loss' holds 'oops'"):
-        rp.read_history(path)
-    path.write_text("epoch,loss\n1,0.5\n2,0.25\n")
-    assert rp.read_history(path) == {"epoch": [1.0, 2.0], "loss": [0.5, 0.25]}
-    assert rp.read_history(tmp_path / "absent.csv") is None
+    with pytest.raises(
+        NnopsError, match=r"history.csv: non-numeric value 'oops' in column 'loss' \(line 3\)"
+    ):
+        read_history(path)
+    path.write_text("epoch,loss,val_loss\n1,0.5,\n2,0.25,0.3\n")
+    columns = read_history(path)
+    assert columns["epoch"] == [1.0, 2.0] and columns["loss"] == [0.5, 0.25]
+    assert math.isnan(columns["val_loss"][0]) and columns["val_loss"][1] == 0.3
+    with pytest.raises(NnopsError, match="absent.csv: file not found"):
+        read_history(tmp_path / "absent.csv")
