@@ -1,7 +1,9 @@
 """Print the fit verdict and the register decision of the last pipeline run as Markdown.
 
-Reads ``reports/metrics.json`` (required), ``reports/evaluation.json`` and
-``reports/registry.json`` (optional). Used by ``scripts/ci_report.sh``.
+Reads ``reports/metrics.json`` (required: ``test``, ``fit``), ``reports/evaluation.json``
+(``evidence``, ``recommended_action``) and ``reports/registry.json`` (``registered``, ``version``,
+``alias``, ``reason``), the last two optional, as the evaluate and register stages write them.
+Used by ``scripts/ci_report.sh``.
 """
 
 from __future__ import annotations
@@ -18,16 +20,6 @@ def _load(path: Path) -> dict:
         return {}
     except json.JSONDecodeError as exc:
         sys.exit(f"ci_verdict: error: {path}: not valid JSON ({exc})")
-
-
-def _first(blocks: list[dict], keys: tuple[str, ...]) -> object:
-    for block in blocks:
-        if not isinstance(block, dict):
-            continue
-        for key in keys:
-            if block.get(key):
-                return block[key]
-    return None
 
 
 def render(reports: Path) -> str:
@@ -52,15 +44,13 @@ def render(reports: Path) -> str:
         facts.insert(0, f"test accuracy = {test['accuracy']:.4f}")
     if facts:
         lines.append("(" + ", ".join(facts) + ")")
+    # evaluate's diagnosis in words: the evidence list and one recommended action.
     evaluation = _load(reports / "evaluation.json")
-    # The diagnosis may sit at the top level or under a "fit"/"diagnosis" block.
-    blocks = [evaluation, evaluation.get("fit") or {}, evaluation.get("diagnosis") or {}]
-    reasons = _first(blocks, ("evidence", "reasons"))
-    action = _first(blocks, ("recommended_action", "action", "recommendation"))
-    if reasons or action:
+    evidence = evaluation.get("evidence") or []
+    action = evaluation.get("recommended_action")
+    if evidence or action:
         lines.append("")
-    for reason in reasons if isinstance(reasons, list) else [reasons] if reasons else []:
-        lines.append(f"- {reason}")
+    lines.extend(f"- {reason}" for reason in evidence)
     if action:
         lines.append(f"- recommended action: {action}")
     registry = _load(reports / "registry.json")

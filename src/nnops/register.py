@@ -309,13 +309,52 @@ def _new_lineage(client: Any, cand: Candidate, current: Any) -> str | None:
     )
 
 
+def decision_record(
+    cand: Candidate,
+    params: RegisterParams,
+    previous: str | None,
+    champion: Mapping[str, Any] | None = None,
+    new_lineage: str | None = None,
+) -> dict[str, Any]:
+    """Gate the candidate and say what happens: the content of ``reports/registry.json``.
+
+    Args:
+        cand: the candidate.
+        params: the ``register`` params section.
+        previous: the champion's version, None when there is none.
+        champion: the comparison for ``gate_checks`` (None: not compared).
+        new_lineage: why the champion is not compared with (another task), if so.
+    """
+    already = previous == str(cand.version)
+    verdict = str((cand.metrics.get("fit") or {}).get("verdict", "unknown"))
+    gates = [] if already else gate_checks(cand.test_accuracy, verdict, params, champion)
+    promoted = already or all(g.passed for g in gates)
+    reason = "already champion" if already else decision_reason(gates, previous is None)
+    if new_lineage and not already:
+        reason += f" ({new_lineage})"
+    return {
+        "registered": True,
+        "model_name": cand.name,
+        "version": str(cand.version),
+        "run_id": cand.run_id,
+        "model_uri": f"models:/{cand.name}/{cand.version}",
+        "promoted": promoted,
+        "alias": CHAMPION if promoted else (CHALLENGER if params.challenger_alias else None),
+        "previous_champion": None if already else previous,
+        "reason": reason,
+        "gates": [asdict(g) for g in gates],
+        "failed_gates": [g.name for g in gates if not g.passed],
+        "champion_accuracy": champion["accuracy"] if champion else None,
+        "new_lineage": new_lineage,
+        "task": dict(cand.task) if cand.task is not None else None,
+    }
+
+
 def _gate(
     client: Any, cand: Candidate, params: RegisterParams, test_hash: str, on_step: Step | None
 ) -> dict[str, Any]:
     name, version = cand.name, cand.version
-    test_accuracy = cand.test_accuracy
-    mark_version(client, name, version, {TEST_ACCURACY_TAG: repr(test_accuracy)})
-    verdict = str((cand.metrics.get("fit") or {}).get("verdict", "unknown"))
+    mark_version(client, name, version, {TEST_ACCURACY_TAG: repr(cand.test_accuracy)})
     current = alias_version(client, name, CHAMPION)
     previous = str(current.version) if current is not None else None
     already = previous == str(version)
@@ -327,38 +366,24 @@ def _gate(
         champion = {
             "version": previous,
             "accuracy": champion_accuracy(client, cand, current, test_hash),
-            "candidate_accuracy": test_accuracy,
+            "candidate_accuracy": cand.test_accuracy,
         }
-    gates = [] if already else gate_checks(test_accuracy, verdict, params, champion)
-    promoted = already or all(g.passed for g in gates)
-    reason = "already champion" if already else decision_reason(gates, previous is None)
-    if new_lineage and not already:
-        reason += f" ({new_lineage})"
+    record = decision_record(cand, params, previous, champion, new_lineage)
     if not already:
         tags = promotion_tags(
-            cand.run_id, cand.metrics, gates, reason, promoted, previous, cand.class_names
+            cand.run_id,
+            cand.metrics,
+            [Gate(**g) for g in record["gates"]],
+            record["reason"],
+            record["promoted"],
+            previous,
+            cand.class_names,
         )
-        if promoted:
+        if record["promoted"]:
             promote(client, name, version, tags, on_step)
         else:
             record_rejection(client, name, version, tags, params.challenger_alias, on_step)
-    alias = CHAMPION if promoted else (CHALLENGER if params.challenger_alias else None)
-    return {
-        "registered": True,
-        "model_name": name,
-        "version": str(version),
-        "run_id": cand.run_id,
-        "model_uri": f"models:/{name}/{version}",
-        "promoted": promoted,
-        "alias": alias,
-        "previous_champion": None if already else previous,
-        "reason": reason,
-        "gates": [asdict(g) for g in gates],
-        "failed_gates": [g.name for g in gates if not g.passed],
-        "champion_accuracy": champion["accuracy"] if champion else None,
-        "new_lineage": new_lineage,
-        "task": dict(cand.task) if cand.task is not None else None,
-    }
+    return record
 
 
 def register_run(

@@ -103,23 +103,45 @@ def test_shell_scripts_parse(script: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def _write_reports(root: Path, accuracy: float, verdict: str) -> None:
-    reports = root / "reports"
-    reports.mkdir(exist_ok=True)
-    metrics = {
-        "test": {"accuracy": accuracy, "loss": 1 - accuracy},
-        "fit": {"verdict": verdict, "accuracy_gap": 0.02, "best_epoch": 4, "last_epoch": 5},
+def _write_reports(root: Path) -> dict:
+    """Write reports/ as the evaluate and register stages do, with the functions they use."""
+    import numpy as np
+
+    from conftest import repo_params
+    from nnops import evaluate as ev
+    from nnops import register as reg
+    from nnops import scoring
+    from nnops.diagnose import diagnose
+    from nnops.io import write_json
+
+    params, names = repo_params(), ["a", "b", "c"]
+    y = np.tile([0, 1, 2], 20)
+    proba = np.full((len(y), 3), 0.05)
+    proba[np.arange(len(y)), y] = 0.9
+    proba[0] = [0.1, 0.8, 0.1]  # one mistake
+    scores = {s: scoring.score_split(y, proba, names) for s in scoring.SPLITS}
+    history = {"epoch": [1.0, 2.0, 3.0], "loss": [0.9, 0.5, 0.3], "val_loss": [0.9, 0.52, 0.33],
+               "accuracy": [0.6, 0.9, 0.98], "val_accuracy": [0.6, 0.88, 0.98]}  # fmt: skip
+    fit = diagnose(
+        scores["train"].headline(), scores["val"].headline(), history, params.evaluate.fit
+    )
+    metrics = {s: scores[s].headline() for s in scoring.SPLITS} | {"fit": fit.metrics()}
+    test = metrics["test"]["accuracy"]
+    cand = reg.Candidate("nnops-mlp", "3", "r1", metrics, (proba, y))
+    champion = {"version": "2", "accuracy": test - 0.01, "candidate_accuracy": test}
+    written = {
+        "metrics": metrics,
+        "evaluation": ev.evaluation_report(scores, names, fit, None),
+        "registry": reg.decision_record(cand, params.registry, "2", champion),
     }
-    (reports / "metrics.json").write_text(json.dumps(metrics))
-    evaluation = {"verdict": verdict, "reasons": ["train and validation accuracy are close"]}
-    evaluation["action"] = "keep the model"
-    (reports / "evaluation.json").write_text(json.dumps(evaluation))
-    registry = {"registered": True, "version": 3, "alias": "champion", "reason": "passed"}
-    (reports / "registry.json").write_text(json.dumps(registry))
+    (root / "reports").mkdir(exist_ok=True)
+    for name, content in written.items():
+        write_json(root / "reports" / f"{name}.json", content)
+    return written
 
 
 def test_verdict_section_names_verdict_evidence_and_gate(tmp_path: Path) -> None:
-    _write_reports(tmp_path, 0.95, "good_fit")
+    written = _write_reports(tmp_path)
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "ci_verdict.py"), str(tmp_path / "reports")],
         capture_output=True,
@@ -127,10 +149,15 @@ def test_verdict_section_names_verdict_evidence_and_gate(tmp_path: Path) -> None
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "**good_fit**" in out and "test accuracy = 0.9500" in out
-    assert "- train and validation accuracy are close" in out
-    assert "recommended action: keep the model" in out
-    assert "registered as version 3, alias @champion (passed)" in out
+    metrics, evaluation, registry = written["metrics"], written["evaluation"], written["registry"]
+    assert f"**{metrics['fit']['verdict']}**" in out
+    assert f"test accuracy = {metrics['test']['accuracy']:.4f}" in out
+    assert evaluation["evidence"] and evaluation["recommended_action"]
+    for reason in evaluation["evidence"]:
+        assert f"- {reason}" in out
+    assert f"- recommended action: {evaluation['recommended_action']}" in out
+    assert registry["promoted"] and registry["reason"].startswith("promoted: passed")
+    assert f"registered as version 3, alias @champion ({registry['reason']})" in out
 
 
 def test_verdict_section_fails_without_a_verdict(tmp_path: Path) -> None:
@@ -160,7 +187,7 @@ import json, pathlib, yaml
 lr = yaml.safe_load(open("params.yaml"))["train"]["learning_rate"]
 acc = {0.001: 0.9, 0.01: 0.95}[lr]
 pathlib.Path("reports").mkdir(exist_ok=True)
-verdict = "good_fit" if acc > 0.92 else "underfitting"
+verdict = "good fit" if acc > 0.92 else "underfitting"
 metrics = {"test": {"accuracy": acc}, "fit": {"verdict": verdict}}
 pathlib.Path("reports/metrics.json").write_text(json.dumps(metrics))
 """
@@ -187,7 +214,7 @@ def test_ci_report_on_a_real_repo_with_two_commits(tmp_path: Path) -> None:
     run(["git", "commit", "-qam", "faster learning"], cwd=tmp_path, env=env)
 
     report = run(["bash", "scripts/ci_report.sh", "main"], cwd=tmp_path, env=env).stdout
-    assert "**good_fit**" in report
+    assert "**good fit**" in report
     metrics_rows = [line for line in report.splitlines() if "test.accuracy" in line]
     assert metrics_rows, report
     assert re.search(r"0\.9\s*\|\s*0\.95\s*\|\s*0\.05", metrics_rows[0]), metrics_rows[0]
