@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from conftest import REPO, dvc, free_port, make_project, project_env, run, section, set_params
+from nnops import registry as rg
 
 pytestmark = pytest.mark.pipeline
 
@@ -132,14 +133,41 @@ def stage(root: Path, name: str, *args: str, check: bool = True):
     )
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def good_project(root: Path) -> Path:
     """A project directory with the upstream outputs of a well-trained default model."""
-    root = tmp_path_factory.mktemp("stages")
     write_processed(root)
     train_model(root, [64, 64], 20, "good")
     write_params(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shared project for the tests that only run evaluate or fail before registering."""
+    return good_project(tmp_path_factory.mktemp("stages"))
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Path:
+    """A project of its own, with an empty registry, for a test that registers models."""
+    return good_project(tmp_path / "project")
+
+
+# Runs a stage script and says on stderr whether the process imported TensorFlow.
+TRACED = """\
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("tensorflow imported:", "tensorflow" in sys.modules, file=sys.stderr)
+"""
+
+
+def traced_stage(root: Path, name: str) -> subprocess.CompletedProcess[str]:
+    script = str(REPO / "pipelines" / f"{name}.py")
+    return run([sys.executable, "-c", TRACED, script, "--params", "params.yaml"], cwd=root,
+               env=project_env())  # fmt: skip
 
 
 def test_evaluate_stage_writes_metrics_plots_and_logs_to_the_training_run(built: Path):
@@ -210,10 +238,12 @@ def test_evaluate_stage_retrains_on_shares_for_the_learning_curve(built: Path):
     assert (built / "reports" / "plots" / "learning_curve.png").is_file()
 
 
-def test_first_model_becomes_champion_then_a_worse_one_does_not(built: Path):
+def test_first_model_becomes_champion_then_a_worse_one_does_not(fresh: Path):
+    built = fresh
     import mlflow
 
     stage(built, "evaluate")
+    first_metrics = json.loads((built / "reports" / "metrics.json").read_text())
     proc = stage(built, "register")
     registry = json.loads((built / "reports" / "registry.json").read_text())
     assert registry["promoted"] is True, registry
@@ -237,11 +267,16 @@ def test_first_model_becomes_champion_then_a_worse_one_does_not(built: Path):
 
     # A smaller, briefly trained model: relax the absolute bounds so that only the champion
     # comparison decides, and it must fail it.
+    recorded = champ.tags["nnops.test_accuracy"]
+    assert float(recorded) == first_metrics["test"]["accuracy"]
     train_model(built, [8], 3, "worse")
     write_params(built, min_test_accuracy=0.1, require_good_fit=False)
     stage(built, "evaluate")
-    stage(built, "register")
+    # The champion's score on this test data was recorded at its registration: no TensorFlow.
+    proc = traced_stage(built, "register")
+    assert "tensorflow imported: False" in proc.stderr, proc.stderr
     registry = json.loads((built / "reports" / "registry.json").read_text())
+    assert registry["champion_accuracy"] == float(recorded)
     assert registry["promoted"] is False and registry["version"] == "2"
     assert registry["alias"] == "challenger"
     assert registry["failed_gates"] == ["not_worse_than_champion"]
@@ -258,6 +293,17 @@ def test_first_model_becomes_champion_then_a_worse_one_does_not(built: Path):
     assert "min_test_accuracy" in registry["failed_gates"]
     assert "require_good_fit" in registry["failed_gates"]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+    # Other test data (its last row dropped): the champion is loaded and scored on it.
+    test_npz = built / "data" / "processed" / "test.npz"
+    with np.load(test_npz) as f:
+        arrays = {k: f[k][:-1] for k in f.files}
+    np.savez(test_npz, **arrays)
+    proc = traced_stage(built, "register")
+    assert "tensorflow imported: True" in proc.stderr
+    assert "scoring champion version 1 on this test data" in proc.stderr
+    rescored = json.loads((built / "reports" / "registry.json").read_text())["champion_accuracy"]
+    assert rescored == rg.score_model(f"models:/{NAME}@champion", arrays["x_raw"], arrays["y"])
 
 
 def test_bad_run_file_fails_clearly(tmp_path: Path, built: Path):
@@ -277,7 +323,11 @@ def test_bad_run_file_fails_clearly(tmp_path: Path, built: Path):
 
 
 def test_register_with_the_tracking_server_gone_fails_clearly_and_keeps_the_record(built: Path):
-    before = (built / "reports" / "registry.json").read_bytes()
+    if not (built / "reports" / "metrics.json").is_file():
+        stage(built, "evaluate")
+    record = built / "reports" / "registry.json"
+    record.write_text('{"from": "an earlier run"}')
+    before = record.read_bytes()
     env = project_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
     script = REPO / "pipelines" / "register.py"
     proc = run(
@@ -361,7 +411,6 @@ def test_server_killed_midway_through_a_promotion_leaves_the_registry_consistent
     import mlflow
 
     from nnops import register as reg
-    from nnops import registry as rg
     from nnops.errors import NnopsError
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
