@@ -195,7 +195,6 @@ def _view(inputs: ReportInputs, figures: Mapping[str, bytes]) -> dict[str, Any]:
         "expectations": expectations,
         "failed_expectations": failed,
         "params_diff": params_diff(inputs.params, inputs.baseline),
-        "has_history": inputs.history is not None,
         "metrics": metrics,
         "splits": splits,
         "headline": ["accuracy", "f1_macro", "loss"],
