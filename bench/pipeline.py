@@ -17,7 +17,8 @@ baseline), at ``--rows`` and at ``--scale`` times that, so growth with the data 
 
 Each stage process reports, through a ``sitecustomize`` hook on ``PYTHONPATH``, its wall time,
 the seconds its main thread spent importing (each outermost import, nested ones included; waiting
-for a background import counts) and its peak RSS; work = wall - import.
+for a background import counts), its CPU seconds (user + system: the fairer figure when other
+processes share the cores) and its peak RSS; work = wall - import.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ if _log:
             "stage": os.path.splitext(os.path.basename(script))[0],
             "wall": time.perf_counter() - _start,
             "imports": _spent[0],
+            "cpu": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         with open(_log, "a") as fh:
@@ -174,12 +176,12 @@ class Runner:
 def stage_table(title: str, rows: list[dict], total: float) -> None:
     """Print one row per stage: wall, import and work seconds, peak RSS."""
     print(title)
-    print(f"  {'stage':<12}{'wall s':>8}{'import s':>10}{'work s':>8}{'peak MB':>9}")
+    print(f"  {'stage':<12}{'wall s':>8}{'import s':>10}{'work s':>8}{'cpu s':>8}{'peak MB':>9}")
     for r in rows:
         work = r["wall"] - r["imports"]
         print(
             f"  {r['stage']:<12}{r['wall']:>8.2f}{r['imports']:>10.2f}{work:>8.2f}"
-            f"{r['peak_mb']:>9.0f}"
+            f"{r['cpu']:>8.2f}{r['peak_mb']:>9.0f}"
         )
     stages = sum(r["wall"] for r in rows)
     print(f"  {'stages':<12}{stages:>8.2f}   (the command took {total:.2f} s; the rest is DVC)")
@@ -259,7 +261,8 @@ def npz(args: argparse.Namespace, work: Path) -> None:
         runner = Runner(root, folder)
         wall, stage_rows, _ = runner.run([dvc, "repro", "preprocess"])
         results.append((rows, data_bytes, wall, {r["stage"]: r for r in stage_rows}))
-        shutil.rmtree(folder, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
     base = results[0][3]
     print("data stages on generated MNIST-shaped data (uint8 28x28, 10 classes), one run:")
@@ -267,13 +270,16 @@ def npz(args: argparse.Namespace, work: Path) -> None:
         mb = data_bytes / 2**20
         print()
         print(f"rows {rows:,} (pixels {mb:.0f} MB; dvc repro preprocess {wall:.2f} s)")
-        print(f"  {'stage':<12}{'seconds':>8}{'import s':>10}{'peak MB':>9}{'over base':>11}")
+        print(
+            f"  {'stage':<12}{'seconds':>8}{'import s':>10}{'cpu s':>8}{'peak MB':>9}"
+            f"{'over base':>11}"
+        )
         for name in DATA_STAGES:
             r = stages[name]
             over = r["peak_mb"] - base[name]["peak_mb"]
             print(
-                f"  {name:<12}{r['wall']:>8.2f}{r['imports']:>10.2f}{r['peak_mb']:>9.0f}"
-                f"{over:>8.0f} MB ({over / mb:.1f}x data)"
+                f"  {name:<12}{r['wall']:>8.2f}{r['imports']:>10.2f}{r['cpu']:>8.2f}"
+                f"{r['peak_mb']:>9.0f}{over:>8.0f} MB ({over / mb:.1f}x the pixels)"
             )
     if len(results) == 3:
         print()

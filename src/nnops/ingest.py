@@ -98,7 +98,7 @@ def content_hash(frame: pd.DataFrame) -> str:
         digest.update(f"{dtype}:{','.join(map(str, columns))}\n".encode())
         block = frame[list(columns)]
         if pd.api.types.is_numeric_dtype(block.dtypes.iloc[0]):
-            digest.update(np.ascontiguousarray(block.to_numpy()).tobytes())
+            digest.update(np.ascontiguousarray(block.to_numpy()).data)  # no second copy
         else:
             for column in columns:
                 text = block[column].astype("string").fillna("\x01<missing>")

@@ -79,12 +79,14 @@ def apply_scaling(spec: Mapping[str, Any], x_raw: np.ndarray) -> np.ndarray:
         spec: the fitted scaling from :func:`fit_scaling`.
         x_raw: raw features, shape (n, d).
     """
-    x = x_raw.astype(np.float32)
+    x = np.array(x_raw, dtype=np.float32)  # a copy, scaled in place (no temporaries)
     if spec["method"] == "standardize":
-        mean = np.asarray(spec["mean"], dtype=np.float32)
-        std = np.sqrt(np.asarray(spec["variance"], dtype=np.float32))
-        return ((x - mean) / std).astype(np.float32)
-    return (x * np.float32(spec["scale"]) + np.float32(spec["offset"])).astype(np.float32)
+        x -= np.asarray(spec["mean"], dtype=np.float32)
+        x /= np.sqrt(np.asarray(spec["variance"], dtype=np.float32))
+        return x
+    x *= np.float32(spec["scale"])
+    x += np.float32(spec["offset"])
+    return x
 
 
 def slice_values(column: pd.Series) -> np.ndarray:
@@ -118,16 +120,22 @@ def make_splits(
             f"data.exclude_columns names {missing}, which the raw table does not have; "
             "rerun ingest (dvc repro ingest)"
         )
-    x_all = frame[list(meta["feature_names"])].to_numpy(dtype=np.float32)
+    x_all = frame[list(meta["feature_names"])].to_numpy()  # pixels stay uint8 until split
+    if x_all.dtype.kind not in "iuf":
+        x_all = x_all.astype(np.float32)
     y_all = frame["label"].to_numpy(dtype=np.int64)
     origin = frame["origin"].astype(str).to_numpy() if "origin" in frame.columns else None
     parts = split_indices(y_all, origin, split.val_fraction, split.test_fraction, split.seed)
     value_range = meta.get("value_range")
-    spec = fit_scaling(resolve_method(scaling, value_range), x_all[parts.train], value_range)
+    method = resolve_method(scaling, value_range)
+    needs_rows = method == "standardize" or (method == "rescale" and not value_range)
+    train_rows = x_all[parts.train].astype(np.float32) if needs_rows else x_all[:0]
+    spec = fit_scaling(method, train_rows, value_range)
+    del train_rows
     slices = {c: slice_values(frame[c]) for c in slice_columns}
     arrays = {}
     for name, rows in zip(SPLITS, parts, strict=True):
-        x_raw = x_all[rows]
+        x_raw = x_all[rows].astype(np.float32)
         arrays[name] = {
             "x_raw": x_raw,
             "x": apply_scaling(spec, x_raw),
@@ -148,7 +156,7 @@ def data_hash(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> str:
         for key in sorted(arrays[split]):
             value = np.ascontiguousarray(arrays[split][key])
             digest.update(f"{split}/{key}:{value.dtype.str}:{value.shape}\n".encode())
-            digest.update(value.tobytes())
+            digest.update(value.data if value.size else b"")  # the bytes, without a copy
     return digest.hexdigest()
 
 
