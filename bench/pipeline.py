@@ -198,18 +198,19 @@ def digits(args: argparse.Namespace, work: Path) -> None:
     root = copy_project(work / "repo", params)
     runner = Runner(root, work)
     dvc = str(BIN / "dvc")
+    epochs = yaml.safe_load((root / "params.yaml").read_text())["train"]["epochs"]
     textbook, _, out = runner.run([sys.executable, "-c", TEXTBOOK], profile=False)
+    accuracy = next(line for line in out.splitlines() if line.startswith("textbook accuracy"))
     full, full_rows, _ = runner.run([dvc, "repro"])
     loop_cmd = [dvc, "exp", "run", "-S", "train.epochs=5", "-S", "train.learning_rate=0.002"]
     loop, loop_rows, _ = runner.run(loop_cmd)
     repeats = 3 if args.quick else 7
     noop = median_wall(runner, [dvc, "repro"], repeats)
     alone = median_wall(runner, [dvc, "--version"], repeats)
-    epochs = yaml.safe_load((root / "params.yaml").read_text())["train"]["epochs"]
 
     print(f"nnops pipeline on the embedded digits data (train.epochs={epochs}), one run:")
     print(f"  textbook script (Sequential 64-64-softmax, 5 epochs, predict): {textbook:.2f} s"
-          f"  [{out.strip().splitlines()[-1]}]")  # fmt: skip
+          f"  [{accuracy}]")  # fmt: skip
     print(f"  full dvc repro: {full:.2f} s;  loop ({' '.join(loop_cmd[1:])}): {loop:.2f} s")
     print()
     stage_table("full dvc repro, per stage:", full_rows, full)
