@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 LABEL = "label"
 ORIGIN = "origin"
 RESERVED = (LABEL, ORIGIN)
+HASH_ROWS = 8192  # rows hashed at once by content_hash (bounds its memory)
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -96,10 +97,14 @@ def content_hash(frame: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     for dtype, columns in frame.columns.groupby(frame.dtypes.astype(str)).items():
         digest.update(f"{dtype}:{','.join(map(str, columns))}\n".encode())
-        block = frame[list(columns)]
-        if pd.api.types.is_numeric_dtype(block.dtypes.iloc[0]):
-            digest.update(np.ascontiguousarray(block.to_numpy()).data)  # no second copy
+        if pd.api.types.is_numeric_dtype(frame[columns[0]].dtype):
+            # row-major bytes, a chunk of rows at a time (sha256 streams: the same digest as one
+            # update over the whole block, without a copy of it)
+            for start in range(0, len(frame), HASH_ROWS):
+                rows = frame.iloc[start : start + HASH_ROWS][list(columns)]
+                digest.update(np.ascontiguousarray(rows.to_numpy()).data)
         else:
+            block = frame[list(columns)]
             for column in columns:
                 text = block[column].astype("string").fillna("\x01<missing>")
                 digest.update("\0".join(text).encode())
@@ -174,7 +179,7 @@ def from_arrays(
             raise NnopsError(f"{source}: labels exceed the {len(class_names)} known classes")
         codes, names = labels.to_numpy().astype(np.int64), list(class_names)
     features = [f"px_{i}" for i in range(x.shape[1])]
-    frame = pd.DataFrame(x, columns=features)
+    frame = pd.DataFrame(x, columns=features, copy=False)  # x is ours: no second copy
     frame[LABEL] = codes
     frame[ORIGIN] = np.repeat([p[0] for p in parts], [len(p[1]) for p in parts])
     image_shape = list(shape) if len(shape) >= 2 else None
