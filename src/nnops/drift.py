@@ -21,6 +21,7 @@ from nnops.io import plain
 # Points kept per feature in the reference profile: the whole sorted sample when the training
 # partition is smaller, else evenly spaced quantiles (KS and Wasserstein within 1/SKETCH_POINTS).
 SKETCH_POINTS = 1001
+FEATURE_CHUNK = 64  # integer features compared at once by compare (bounds its copies)
 MERGE_CELLS = 4_000_000  # values merged at once by the vectorised float path (memory bound)
 
 
@@ -62,11 +63,35 @@ def compare(columns: np.ndarray, first: np.ndarray, second: np.ndarray) -> Compa
         first: row indices of the first sample (train, the reference).
         second: row indices of the second sample (test, or a new batch).
     """
-    return compare_samples(columns[:, first], columns[:, second])
+    n = columns.shape[0]
+    if n <= FEATURE_CHUNK or not np.issubdtype(columns.dtype, np.integer):
+        return compare_samples(columns[:, first], columns[:, second])
+    # Integer pixels: a few features at a time, so the two samples are never copied whole. The
+    # bincount grid spans both samples' range, as for the whole arrays, so the sums are the same.
+    chunks = [slice(i, i + FEATURE_CHUNK) for i in range(0, n, FEATURE_CHUNK)]
+    samples = ((columns[c][:, first], columns[c][:, second]) for c in chunks)
+    bounds = [(p.min(), p.max()) for pair in samples for p in pair if p.size]
+    if len(bounds) < 2 * len(chunks) or min(lo for lo, _ in bounds) < 0:
+        return compare_samples(columns[:, first], columns[:, second])
+    size = int(max(hi for _, hi in bounds)) + 1
+    if size > 1 << 16:
+        return compare_samples(columns[:, first], columns[:, second])
+    parts = [compare_samples(columns[c][:, first], columns[c][:, second], size) for c in chunks]
+    fields = ("ks", "wasserstein", "n_first", "n_second", "mean_first", "std_first", "std_second")
+    return Comparison(
+        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in fields},
+        sketch=[s for p in parts for s in p.sketch],
+    )
 
 
-def compare_samples(a: np.ndarray, b: np.ndarray) -> Comparison:
-    """:func:`compare` on two arrays of shape (n_features, n_a) and (n_features, n_b)."""
+def compare_samples(a: np.ndarray, b: np.ndarray, size: int | None = None) -> Comparison:
+    """:func:`compare` on two arrays of shape (n_features, n_a) and (n_features, n_b).
+
+    Args:
+        a: the first sample, one row per feature.
+        b: the second sample.
+        size: for small non-negative integers, the bincount grid (default: both samples' max + 1).
+    """
     n_features = a.shape[0]
     ks, w, std_a, std_b, mean_a = (np.full(n_features, np.nan) for _ in range(5))
     n_a = np.zeros(n_features, dtype=np.int64)
@@ -81,7 +106,7 @@ def compare_samples(a: np.ndarray, b: np.ndarray) -> Comparison:
         and max(a.max(), b.max()) < 1 << 16
     )
     if small_ints:
-        size = int(max(a.max(), b.max())) + 1
+        size = size or int(max(a.max(), b.max())) + 1
         grid = np.arange(size, dtype=np.float64)
         na, nb = a.shape[1], b.shape[1]
         n_a[:], n_b[:] = na, nb
