@@ -2,7 +2,7 @@
 
 For each dataset and many split seeds, the train and test partitions are drawn with the
 pipeline's own split (``nnops.split.split_indices``) and compared with the stage's drift
-decision (``nnops.validate.feature_drift``) under the params in ``params.yaml``:
+decision (``nnops.drift.feature_drift``) under the params in ``params.yaml``:
 
 - no shift: a random split cannot drift, so every alarm is false (goal <= 1%);
 - shifted: a few features of the test partition moved by half a standard deviation, or the test
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnops import validate
+from nnops import drift
 from nnops.config import ValidateParams, load_params
-from nnops.ingest import RawData, from_arrays, from_table, load_digits
+from nnops.ingest import from_arrays, from_table, load_digits
+from nnops.raw import RawData
 from nnops.split import split_indices
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def drifted(raw: RawData, case: Case, seed: int, params: ValidateParams, split) 
         else:  # brighten the test images by a tenth of the pixel range, clipped
             test = frame.loc[parts.test, features].to_numpy(np.int64)
             frame.loc[parts.test, features] = np.clip(test + 25, 0, 255).astype(np.uint8)
-    summary = validate.feature_drift(frame, features, parts.train, parts.test, params)
+    summary = drift.feature_drift(frame, features, parts.train, parts.test, params)
     return bool(summary["drifted"])
 
 

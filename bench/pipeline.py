@@ -1,27 +1,41 @@
-"""Wall time of each pipeline stage, a full and a no-op ``dvc repro``, and the textbook script.
+"""The pipeline against the textbook script, side by side in one run, with a per-stage profile.
 
-Everything runs in one fresh copy of the repository on the embedded default (digits data,
-embedded sqlite MLflow store, ``params.yaml`` as committed), one after the other, so the numbers
-are comparable:
+Runs in a fresh copy of the repository (the tracked files, ``git init``, as the tests'
+``make_project`` does), one thing after the other so the figures are comparable:
 
-    python bench/pipeline.py [--keep DIR]
+    python bench/pipeline.py                 # digits: textbook, full repro, the loop, no-op repro
+    python bench/pipeline.py --quick         # the same with 5 epochs and fewer repeats
+    python bench/pipeline.py --source npz --rows 70000 [--scale 4]
 
-The textbook script is the plain Keras MLP (Dense 64 relu, Dense 64 relu, softmax; adam; 5 epochs;
-batch 32) fitted on the same preprocessed digits arrays, in its own Python process like a stage.
+On the embedded digits data it times the textbook script (a Keras Sequential MLP 64-64-softmax,
+adam, sparse categorical cross-entropy, 5 epochs, then predict; in its own process), a full
+``dvc repro``, the edit-and-rerun loop (``dvc exp run -S train.epochs=5 -S
+train.learning_rate=0.002``: train and what follows) and the no-op ``dvc repro`` against ``dvc
+--version``. With ``--source npz`` it generates MNIST-shaped data (uint8 pixels, 10 classes,
+``x_train/y_train/x_test/y_test``) and runs the data stages at a small size (the framework's
+baseline), at ``--rows`` and at ``--scale`` times that, so growth with the data is visible.
+
+Each stage process reports, through a ``sitecustomize`` hook on ``PYTHONPATH``, its wall time,
+the seconds its main thread spent importing (each outermost import, nested ones included; waiting
+for a background import counts), its CPU seconds (user + system: the fairer figure when other
+processes share the cores) and its peak RSS; work = wall - import.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from nnops.stage import QUIET_ENV
@@ -29,26 +43,71 @@ from nnops.stage import QUIET_ENV
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OUTPUTS = ("data/", "models/", "reports/", "mlruns/", "mlartifacts/", "mlserver/")
+DATA_STAGES = ("ingest", "validate", "preprocess")
 
 TEXTBOOK = """
 import numpy as np, keras
-train = np.load("data/processed/train.npz", allow_pickle=False)
-test = np.load("data/processed/test.npz", allow_pickle=False)
-classes = int(max(train["y"].max(), test["y"].max())) + 1
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+x, y = load_digits(return_X_y=True)
+x_train, x_test, y_train, y_test = train_test_split(
+    x.astype("float32") / 16.0, y, test_size=0.15, random_state=42, stratify=y)
 model = keras.Sequential([
-    keras.Input(shape=train["x"].shape[1:]),
+    keras.Input(shape=(x.shape[1],)),
     keras.layers.Dense(64, activation="relu"),
     keras.layers.Dense(64, activation="relu"),
-    keras.layers.Dense(classes, activation="softmax"),
+    keras.layers.Dense(10, activation="softmax"),
 ])
 model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-model.fit(train["x"], train["y"], epochs=5, batch_size=32, verbose=0)
-print(model.evaluate(test["x"], test["y"], verbose=0)[1])
+model.fit(x_train, y_train, epochs=5, batch_size=32, verbose=0)
+pred = model.predict(x_test, verbose=0).argmax(axis=1)
+print("textbook accuracy", float((pred == y_test).mean()))
+"""
+
+# Loaded by every Python process of a run (PYTHONPATH); a stage process (pipelines/*.py)
+# appends one JSON line to $NNOPS_BENCH_LOG at exit: wall, import seconds, peak RSS.
+SITECUSTOMIZE = """
+import os, sys, time
+_log = os.environ.get("NNOPS_BENCH_LOG")
+if _log:
+    import atexit, importlib._bootstrap as _boot, json, resource, threading
+    _start, _depth, _spent = time.perf_counter(), [0], [0.0]
+    _find, _main = _boot._find_and_load, threading.get_ident()
+
+    def _timed_find_and_load(name, import_):
+        # the main thread's imports only (a background import overlaps the work)
+        if _depth[0] or threading.get_ident() != _main:
+            return _find(name, import_)
+        _depth[0] += 1
+        t = time.perf_counter()
+        try:
+            return _find(name, import_)
+        finally:
+            _spent[0] += time.perf_counter() - t
+            _depth[0] -= 1
+
+    _boot._find_and_load = _timed_find_and_load
+
+    def _report():
+        script = sys.argv[0] if sys.argv else ""
+        if "pipelines" not in script:
+            return
+        row = {
+            "stage": os.path.splitext(os.path.basename(script))[0],
+            "wall": time.perf_counter() - _start,
+            "imports": _spent[0],
+            "cpu": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        with open(_log, "a") as fh:
+            fh.write(json.dumps(row) + "\\n")
+
+    atexit.register(_report)
 """
 
 
-def env() -> dict[str, str]:
-    """The environment stages get: this venv first, no telemetry, no inherited store."""
+def env(hook: Path | None = None, log: Path | None = None) -> dict[str, str]:
+    """The environment stages get: this venv first, no telemetry, the profiling hook if asked."""
     out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     out.update(QUIET_ENV)
     out.update(
@@ -58,107 +117,196 @@ def env() -> dict[str, str]:
         GIT_COMMITTER_NAME="nnops bench",
         GIT_COMMITTER_EMAIL="bench@nnops.local",
     )
+    if hook and log:
+        out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), out.get("PYTHONPATH")]))
+        out["NNOPS_BENCH_LOG"] = str(log)
     return out
 
 
-def copy_project(dest: Path) -> Path:
-    """Copy the repository's source files (no outputs, no store) into a fresh git repo."""
+def copy_project(dest: Path, params: dict | None = None) -> Path:
+    """Copy the repository's tracked source files (no outputs) into a fresh git repository."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     for rel in filter(None, listed.split("\0")):
-        if (rel.startswith(OUTPUTS) and not rel.endswith(".gitignore")) or not (
-            REPO / rel
-        ).is_file():
+        if rel.startswith(OUTPUTS) and not rel.endswith(".gitignore"):
+            continue
+        if not (REPO / rel).is_file():
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest / rel)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+    if params:
+        path = dest / "params.yaml"
+        data = yaml.safe_load(path.read_text())
+        for section, values in params.items():
+            data[section].update(values)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "bench"]):  # fmt: skip
         subprocess.run(cmd, cwd=dest, env=env(), check=True, capture_output=True)
     return dest
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Run ``cmd`` to completion; return its wall time and CPU time (user + system).
+class Runner:
+    """Runs commands in one project copy, collecting the stage processes' profile rows."""
 
-    CPU time does not grow when other processes compete for the cores, so it is the fairer
-    figure on a shared machine.
+    def __init__(self, root: Path, work: Path):
+        self.root = root
+        self.hook = work / "hook"
+        self.hook.mkdir(exist_ok=True)
+        (self.hook / "sitecustomize.py").write_text(textwrap.dedent(SITECUSTOMIZE))
+        self.log = work / "stages.jsonl"
+
+    def run(self, cmd: list[str], profile: bool = True) -> tuple[float, list[dict], str]:
+        """Run ``cmd``; return its wall seconds, the stage rows it produced and its output."""
+        self.log.write_text("")
+        start = time.perf_counter()
+        proc = subprocess.run(
+            cmd, cwd=self.root, text=True, capture_output=True,
+            env=env(self.hook, self.log) if profile else env(),
+        )  # fmt: skip
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        rows = [json.loads(line) for line in self.log.read_text().splitlines() if line]
+        return wall, rows, proc.stdout + proc.stderr
+
+
+def stage_table(title: str, rows: list[dict], total: float) -> None:
+    """Print one row per stage: wall, import and work seconds, peak RSS."""
+    print(title)
+    print(f"  {'stage':<12}{'wall s':>8}{'import s':>10}{'work s':>8}{'cpu s':>8}{'peak MB':>9}")
+    for r in rows:
+        work = r["wall"] - r["imports"]
+        print(
+            f"  {r['stage']:<12}{r['wall']:>8.2f}{r['imports']:>10.2f}{work:>8.2f}"
+            f"{r['cpu']:>8.2f}{r['peak_mb']:>9.0f}"
+        )
+    stages = sum(r["wall"] for r in rows)
+    print(f"  {'stages':<12}{stages:>8.2f}   (the command took {total:.2f} s; the rest is DVC)")
+
+
+def median_wall(runner: Runner, cmd: list[str], repeats: int) -> float:
+    """Median wall seconds of ``repeats`` runs of ``cmd`` (no profiling hook)."""
+    return statistics.median(runner.run(cmd, profile=False)[0] for _ in range(repeats))
+
+
+def digits(args: argparse.Namespace, work: Path) -> None:
+    """Textbook, full repro, the loop and the no-op repro on the embedded digits data."""
+    params = {"train": {"epochs": 5}} if args.quick else None
+    root = copy_project(work / "repo", params)
+    runner = Runner(root, work)
+    dvc = str(BIN / "dvc")
+    epochs = yaml.safe_load((root / "params.yaml").read_text())["train"]["epochs"]
+    textbook, _, out = runner.run([sys.executable, "-c", TEXTBOOK], profile=False)
+    accuracy = next(line for line in out.splitlines() if line.startswith("textbook accuracy"))
+    full, full_rows, _ = runner.run([dvc, "repro"])
+    loop_cmd = [dvc, "exp", "run", "-S", "train.epochs=5", "-S", "train.learning_rate=0.002"]
+    loop, loop_rows, _ = runner.run(loop_cmd)
+    repeats = 3 if args.quick else 7
+    noop = median_wall(runner, [dvc, "repro"], repeats)
+    alone = median_wall(runner, [dvc, "--version"], repeats)
+
+    print(f"nnops pipeline on the embedded digits data (train.epochs={epochs}), one run:")
+    print(f"  textbook script (Sequential 64-64-softmax, 5 epochs, predict): {textbook:.2f} s"
+          f"  [{accuracy}]")  # fmt: skip
+    print(f"  full dvc repro: {full:.2f} s;  loop ({' '.join(loop_cmd[1:])}): {loop:.2f} s")
+    print()
+    stage_table("full dvc repro, per stage:", full_rows, full)
+    print()
+    stage_table("the loop (dvc exp run), per stage:", loop_rows, loop)
+    print()
+    print(f"no-op dvc repro (median of {repeats}): {noop:.2f} s")
+    print(f"dvc --version   (median of {repeats}): {alone:.2f} s")
+    print()
+    print(f"loop / textbook: {loop / textbook:.2f}x")
+    print(f"full repro / textbook: {full / textbook:.2f}x")
+
+
+def write_mnist_like(path: Path, rows: int, seed: int = 0) -> int:
+    """Write an MNIST-shaped npz: ``rows`` uint8 images of 28x28 in 10 classes, 1/7 of them test.
+
+    Each class has a prototype image; a pixel keeps its class's value with probability 0.8, else
+    it is noise. Returns the bytes of the pixel arrays.
     """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu
+    rng = np.random.default_rng(seed)
+    prototypes = rng.integers(0, 256, size=(10, 784), dtype=np.uint8)
+    y = rng.integers(0, 10, size=rows).astype(np.uint8)
+    x = np.empty((rows, 784), dtype=np.uint8)
+    for start in range(0, rows, 10_000):
+        part = slice(start, min(start + 10_000, rows))
+        n = part.stop - part.start
+        noise = rng.integers(0, 256, size=(n, 784), dtype=np.uint8)
+        keep = rng.random((n, 784), dtype=np.float32) < 0.8
+        x[part] = np.where(keep, prototypes[y[part]], noise)
+    n_test = rows // 7
+    images = x.reshape(rows, 28, 28)
+    with path.open("wb") as fh:
+        np.savez(fh, x_train=images[n_test:], y_train=y[n_test:], x_test=images[:n_test],
+                 y_test=y[:n_test])  # fmt: skip
+    return x.nbytes
 
 
-def repro_by_stage(cwd: Path) -> tuple[float, list[tuple[str, float]]]:
-    """Run a full ``dvc repro``; time each stage from the moment DVC announces it."""
-    marks: list[tuple[str, float]] = []
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(BIN / "dvc"), "repro"], cwd=cwd, env=env(), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("Running stage '"):
-            marks.append((line.split("'")[1], time.perf_counter()))
-    proc.wait()
-    end = time.perf_counter()
-    if proc.returncode != 0:
-        sys.exit("dvc repro failed:\n" + "".join(lines[-60:]))
-    bounds = [t for _, t in marks[1:]] + [end]
-    return end - start, [(name, stop - t) for (name, t), stop in zip(marks, bounds, strict=True)]
+def npz(args: argparse.Namespace, work: Path) -> None:
+    """The data stages on generated MNIST-shaped data at a baseline size, --rows and x --scale."""
+    sizes = [1000, args.rows] + ([args.rows * args.scale] if args.scale > 1 else [])
+    dvc = str(BIN / "dvc")
+    results = []
+    for rows in sizes:
+        folder = work / f"rows-{rows}"
+        folder.mkdir()
+        params = {"data": {"source": "npz", "path": "inputs/bench.npz"}}
+        root = copy_project(folder / "repo", params)
+        data_bytes = write_mnist_like(root / "inputs" / "bench.npz", rows)
+        runner = Runner(root, folder)
+        wall, stage_rows, _ = runner.run([dvc, "repro", "preprocess"])
+        results.append((rows, data_bytes, wall, {r["stage"]: r for r in stage_rows}))
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
-
-def best(samples: list[tuple[float, float]]) -> tuple[float, float]:
-    """The lowest wall time and the lowest CPU time of repeated runs."""
-    return min(w for w, _ in samples), min(c for _, c in samples)
+    base = results[0][3]
+    print("data stages on generated MNIST-shaped data (uint8 28x28, 10 classes), one run:")
+    for rows, data_bytes, wall, stages in results:
+        mb = data_bytes / 2**20
+        print()
+        print(f"rows {rows:,} (pixels {mb:.0f} MB; dvc repro preprocess {wall:.2f} s)")
+        print(
+            f"  {'stage':<12}{'seconds':>8}{'import s':>10}{'cpu s':>8}{'peak MB':>9}"
+            f"{'over base':>11}"
+        )
+        for name in DATA_STAGES:
+            r = stages[name]
+            over = r["peak_mb"] - base[name]["peak_mb"]
+            print(
+                f"  {name:<12}{r['wall']:>8.2f}{r['imports']:>10.2f}{r['cpu']:>8.2f}"
+                f"{r['peak_mb']:>9.0f}{over:>8.0f} MB ({over / mb:.1f}x the pixels)"
+            )
+    if len(results) == 3:
+        print()
+        print(f"growth from {sizes[1]:,} to {sizes[2]:,} rows ({args.scale}x the data):")
+        for name in DATA_STAGES:
+            a, b = results[1][3][name], results[2][3][name]
+            wa, wb = a["wall"] - a["imports"], b["wall"] - b["imports"]
+            print(f"  {name:<12} work {wa:.2f} s -> {wb:.2f} s ({wb / wa:.1f}x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", choices=("digits", "npz"), default="digits")
+    parser.add_argument("--rows", type=int, default=70_000, help="npz: rows to generate")
+    parser.add_argument("--scale", type=int, default=4, help="npz: also run at this many times "
+                        "--rows (1: only --rows)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="5 epochs, fewer repeats")
     parser.add_argument("--keep", type=Path, help="run in this (empty) directory and keep it")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="nnops-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        root = copy_project(work)
-        dvc = str(BIN / "dvc")
-        full, stages = repro_by_stage(root)
-        noop = best([timed([dvc, "repro"], root) for _ in range(5)])
-        dvc_alone = best([timed([dvc, "--version"], root) for _ in range(5)])
-        textbook, _ = timed([sys.executable, "-c", TEXTBOOK], root)
-        epochs = yaml.safe_load((root / "params.yaml").read_text())["train"]["epochs"]
+        (npz if args.source == "npz" else digits)(args, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-
-    width = max(len(name) for name, _ in stages) + 2
-    print("nnops pipeline on the embedded default (digits, sqlite MLflow store), one run:")
-    print(f"  {'stage':<{width}}{'seconds':>9}{'share':>8}")
-    for name, seconds in stages:
-        print(f"  {name:<{width}}{seconds:>9.2f}{seconds / full:>8.0%}")
-    print(f"  {'full dvc repro':<{width}}{full:>9.2f}")
-    print()
-    train = dict(stages).get("train", float("nan"))
-    print("                           wall s   cpu s   (best of 5)")
-    print(f"  no-op dvc repro          {noop[0]:7.2f} {noop[1]:7.2f}")
-    print(f"  dvc --version, DVC alone {dvc_alone[0]:7.2f} {dvc_alone[1]:7.2f}")
-    print(
-        f"  no-op / DVC alone        {noop[0] / dvc_alone[0]:6.1f}x {noop[1] / dvc_alone[1]:6.1f}x"
-    )
-    print()
-    print(f"  textbook script          {textbook:6.2f} s  (Sequential.fit, 5 epochs, batch 32)")
-    print(f"  train stage / textbook   {train / textbook:6.2f}x  ({epochs} epochs, MLflow logging)")
-    print(f"  full repro / textbook    {full / textbook:6.2f}x")
 
 
 if __name__ == "__main__":

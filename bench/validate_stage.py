@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from nnops.ingest import from_arrays, write_raw
+from nnops.ingest import from_arrays
+from nnops.raw import write_raw
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,34 +11,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from nnops.config import PLACEHOLDER, DataParams
+from nnops.config import DataParams
 from nnops.errors import NnopsError
-from nnops.io import atomic_path
-from nnops.secrets import (
-    auth_header,
-    basic_auth,
-    from_env,
-    redact_text,
-    redact_url,
-    split_credentials,
-)
+from nnops.fetch import input_file, source_file
+from nnops.io import load_npz
+from nnops.raw import RawData
 
 log = logging.getLogger(__name__)
 
 LABEL = "label"
 ORIGIN = "origin"
 RESERVED = (LABEL, ORIGIN)
+HASH_ROWS = 8192  # rows hashed at once by content_hash (bounds its memory)
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -58,14 +49,6 @@ PIXEL_RANGES: dict[str, tuple[float, float]] = {
     "mnist": (0.0, 255.0),
     "fashion_mnist": (0.0, 255.0),
 }
-
-
-@dataclass(frozen=True)
-class RawData:
-    """The raw table and its metadata, as written to ``data/raw``."""
-
-    frame: pd.DataFrame
-    meta: dict[str, Any]
 
 
 # ---------------------------------------------------------------- pure constructors
@@ -114,10 +97,14 @@ def content_hash(frame: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     for dtype, columns in frame.columns.groupby(frame.dtypes.astype(str)).items():
         digest.update(f"{dtype}:{','.join(map(str, columns))}\n".encode())
-        block = frame[list(columns)]
-        if pd.api.types.is_numeric_dtype(block.dtypes.iloc[0]):
-            digest.update(np.ascontiguousarray(block.to_numpy()).tobytes())
+        if pd.api.types.is_numeric_dtype(frame[columns[0]].dtype):
+            # row-major bytes, a chunk of rows at a time (sha256 streams: the same digest as one
+            # update over the whole block, without a copy of it)
+            for start in range(0, len(frame), HASH_ROWS):
+                rows = frame.iloc[start : start + HASH_ROWS][list(columns)]
+                digest.update(np.ascontiguousarray(rows.to_numpy()).data)
         else:
+            block = frame[list(columns)]
             for column in columns:
                 text = block[column].astype("string").fillna("\x01<missing>")
                 digest.update("\0".join(text).encode())
@@ -192,7 +179,7 @@ def from_arrays(
             raise NnopsError(f"{source}: labels exceed the {len(class_names)} known classes")
         codes, names = labels.to_numpy().astype(np.int64), list(class_names)
     features = [f"px_{i}" for i in range(x.shape[1])]
-    frame = pd.DataFrame(x, columns=features)
+    frame = pd.DataFrame(x, columns=features, copy=False)  # x is ours: no second copy
     frame[LABEL] = codes
     frame[ORIGIN] = np.repeat([p[0] for p in parts], [len(p[1]) for p in parts])
     image_shape = list(shape) if len(shape) >= 2 else None
@@ -274,37 +261,7 @@ def from_table(
     return RawData(frame=frame, meta=meta)
 
 
-# ---------------------------------------------------------------- readers (files, network)
-
-
-def input_file(path: str | Path, what: str) -> Path:
-    """Return ``path`` if it is a readable file; else fail saying which of the usual things it is.
-
-    Args:
-        path: the file.
-        what: what it should be, e.g. ``"a csv file (data.path)"``.
-    """
-    path = Path(path)
-    try:
-        path.resolve(strict=True)
-    except RuntimeError:
-        raise NnopsError(f"{path}: symlink loop; expected {what}") from None
-    except FileNotFoundError:
-        if path.is_symlink():
-            target = os.readlink(path)
-            raise NnopsError(f"{path}: broken symlink to {target}; expected {what}") from None
-        raise NnopsError(f"{path}: not found; expected {what}") from None
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP
-            raise NnopsError(f"{path}: symlink loop; expected {what}") from None
-        raise NnopsError(f"{path}: cannot be opened ({exc.strerror}); expected {what}") from None
-    if path.is_dir():
-        raise NnopsError(f"{path}: is a directory; expected {what}")
-    if not path.is_file():
-        raise NnopsError(f"{path}: is not a regular file; expected {what}")
-    if not os.access(path, os.R_OK):
-        raise NnopsError(f"{path}: permission denied; expected {what}, readable")
-    return path
+# ---------------------------------------------------------------- readers (files, keras)
 
 
 def csv_header(path: Path) -> list[str]:
@@ -336,108 +293,6 @@ def csv_header(path: Path) -> list[str]:
     return header
 
 
-def fetch(
-    url: str,
-    cache_dir: str | Path,
-    sha256: str | None = None,
-    timeout: float = 60,
-    refresh: bool = False,
-    authorization: str | None = None,
-) -> Path:
-    """Download ``url`` into ``cache_dir`` once and return the cached file.
-
-    A cached copy is reused when it exists (and matches ``sha256`` when one is given). A
-    download that fails or does not match the checksum leaves nothing behind. Credentials in
-    the URL (``user:password@host``) are sent as HTTP basic authentication, never as part of the
-    host name; messages and logs show the URL with its secrets masked.
-
-    Args:
-        url: an http(s) or file URL.
-        cache_dir: the download cache directory.
-        sha256: the expected sha256 hex digest of the file, if known.
-        timeout: seconds to wait for the server.
-        refresh: download even when a cached copy exists (DVC saw the upstream file change).
-        authorization: an ``Authorization`` header value (from ``data.auth_env``).
-    """
-    shown = redact_url(url)
-    bare, credentials = split_credentials(url)
-    if credentials is not None and authorization is None:
-        authorization = basic_auth(*credentials)
-    name = Path(urllib.parse.urlparse(bare).path).name or "download"
-    key = hashlib.sha256(bare.encode()).hexdigest()[:12]
-    target = Path(cache_dir) / f"{key}-{name}"
-    expected = sha256.lower() if sha256 else None
-    if target.exists() and not refresh:
-        if expected is None or _sha256(target) == expected:
-            log.info("using cached %s for %s", target, shown)
-            return target
-        log.info("cached %s does not match data.sha256; downloading again", target)
-    log.info("downloading %s", shown)
-    request = urllib.request.Request(bare)
-    if authorization:
-        request.add_unredirected_header("Authorization", authorization)
-    try:
-        with atomic_path(target) as tmp:
-            digest = hashlib.sha256()
-            with (
-                urllib.request.urlopen(request, timeout=timeout) as response,
-                tmp.open("wb") as out,
-            ):
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if expected is not None and digest.hexdigest() != expected:
-                raise NnopsError(
-                    f"data.url {shown}: sha256 is {digest.hexdigest()}, expected {expected} "
-                    "(data.sha256); the download was discarded"
-                )
-    except urllib.error.HTTPError as exc:
-        hint = (
-            "; the server wants credentials: put them in an environment variable named by "
-            "data.auth_env (README, 'Secrets')"
-            if exc.code in (401, 403)
-            else ""
-        )
-        raise NnopsError(
-            f"data.url {shown}: download failed (HTTP {exc.code} {exc.reason}){hint}"
-        ) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise NnopsError(
-            f"data.url {shown}: download failed ({redact_text(str(reason))})"
-        ) from None
-    return target
-
-
-def download_source(params: DataParams, key: str = "data.url") -> tuple[str, str | None]:
-    """The URL to download and the ``Authorization`` header, secrets read from the environment.
-
-    Args:
-        params: the ``data`` params section (``url`` or ``url_env``, optional ``auth_env``).
-        key: the params key the URL in ``params.url`` came from, for messages.
-    """
-    try:
-        url = from_env(params.url_env, "data.url_env") if params.url_env else str(params.url)
-        auth = auth_header(from_env(params.auth_env, "data.auth_env")) if params.auth_env else None
-    except KeyError as exc:
-        raise NnopsError(str(exc.args[0])) from None
-    if params.url and redact_url(params.url) != params.url:
-        log.warning(
-            "%s carries a secret (credentials or a query); params.yaml and dvc.lock keep it "
-            "verbatim: name environment variables in data.url_env / data.auth_env instead",
-            key,
-        )
-    return url, auth
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_npz(path: str | Path, source: str = "npz") -> RawData:
     """Read a file in the keras MNIST layout (``x_train, y_train, x_test, y_test``).
 
@@ -446,17 +301,7 @@ def read_npz(path: str | Path, source: str = "npz") -> RawData:
         source: the source name recorded in the metadata.
     """
     path = input_file(path, "an npz file (data.path)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in NPZ_KEYS if k not in npz.files]
-            if missing:
-                raise NnopsError(
-                    f"{path}: missing key(s) {missing}; an npz source needs {list(NPZ_KEYS)}, "
-                    f"the file has {sorted(npz.files)}"
-                )
-            arrays = {k: npz[k] for k in NPZ_KEYS}
-    except (OSError, ValueError) as exc:
-        raise NnopsError(f"{path}: cannot read as npz ({exc})") from None
+    arrays = load_npz(path, NPZ_KEYS, "an npz source (data.path)")
     x = arrays["x_train"]
     value_range = None
     if np.issubdtype(x.dtype, np.integer) and x.size and x.min() >= 0 and x.max() <= 255:
@@ -515,48 +360,6 @@ def load_keras(name: str, cache_dir: str | Path) -> RawData:
     return from_arrays(name, x_train, y_train, x_test, y_test, names, PIXEL_RANGES[name])
 
 
-def source_file(params: DataParams) -> Path:
-    """Return the local file an npz / csv source reads, downloading it first if it is remote.
-
-    ``data.path`` may be an http(s) URL: DVC then tracks it by its ETag (a changed upstream file
-    reruns ingest), and it is fetched into ``data.cache_dir``. ``data.url`` (or the URL in the
-    environment variable ``data.url_env`` names) is fetched the same way. Secrets come from the
-    environment (``data.auth_env``) or from ``user:pass@`` in the URL, sent as HTTP basic auth.
-    ``data.sha256``, when given, is checked before the file is used, local or not.
-
-    Args:
-        params: the ``data`` params section.
-    """
-    if params.url or params.url_env:
-        if params.url:
-            log.warning(
-                "data.url is fetched once and DVC does not watch it; put the URL in data.path "
-                "instead to have `dvc status` notice a changed upstream file"
-            )
-        url, auth = download_source(params)
-        return fetch(url, params.cache_dir, params.sha256, authorization=auth)
-    if _is_url(params.path):
-        # DVC reruns ingest when the upstream file changed: fetch it anew, never the cached copy.
-        url, auth = download_source(params.model_copy(update={"url": params.path}), "data.path")
-        return fetch(url, params.cache_dir, params.sha256, refresh=True, authorization=auth)
-    path = Path(params.path or "")
-    if not params.path or path.as_posix() == PLACEHOLDER:
-        raise NnopsError(
-            f"data.source={params.source!r} needs data.path (your file or an http(s) URL); "
-            f"received {params.path!r}, the placeholder for embedded sources"
-        )
-    path = input_file(path, f"a {params.source} file (data.path)")
-    if params.sha256 and _sha256(path) != params.sha256.lower():
-        raise NnopsError(
-            f"{path}: sha256 is {_sha256(path)}, expected {params.sha256.lower()} (data.sha256)"
-        )
-    return path
-
-
-def _is_url(path: str | None) -> bool:
-    return bool(path) and urllib.parse.urlparse(path).scheme in ("http", "https")
-
-
 def load(params: DataParams) -> RawData:
     """Read the source ``params.source`` names.
 
@@ -578,42 +381,20 @@ def load(params: DataParams) -> RawData:
     return read_csv(path, params.label_column, params.exclude_columns)
 
 
-def write_raw(raw: RawData, out: str | Path) -> None:
-    """Write ``data.parquet`` and ``meta.json`` into ``out`` (each atomically).
+def log_summary(raw: RawData, out: str | Path) -> None:
+    """Log one line saying what was ingested and where it went.
 
     Args:
         raw: the raw table and metadata.
         out: the output directory.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from nnops.io import write_json
-
-    out = Path(out)
-    table = pa.Table.from_pandas(raw.frame, preserve_index=False)
-    with atomic_path(out / "data.parquet") as tmp:
-        pq.write_table(table, tmp)
-    write_json(out / "meta.json", raw.meta)
-
-
-def read_raw(raw_dir: str | Path) -> RawData:
-    """Read what :func:`write_raw` wrote, naming the missing file if there is one.
-
-    Args:
-        raw_dir: the ``data/raw`` directory.
-    """
-    import pyarrow.parquet as pq
-
-    from nnops.io import read_json
-
-    raw_dir = Path(raw_dir)
-    meta = read_json(raw_dir / "meta.json")
-    path = raw_dir / "data.parquet"
-    if not path.is_file():
-        raise NnopsError(f"{path}: file not found (did the ingest stage run?)")
-    try:
-        frame = pq.read_table(path).to_pandas()
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise NnopsError(f"{path}: cannot read as parquet ({exc})") from None
-    return RawData(frame=frame, meta=meta)
+    meta = raw.meta
+    log.info(
+        "%s: %d rows, %d features, %d classes, own test split: %s -> %s",
+        meta["source"],
+        meta["n_rows"],
+        meta["n_features"],
+        len(meta["class_names"]),
+        meta["has_test_split"],
+        out,
+    )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from nnops.errors import NnopsError
 
@@ -101,3 +104,44 @@ def repo_root() -> Path:
         if (candidate / "dvc.yaml").exists() or (candidate / ".dvc").is_dir():
             return candidate
     return here
+
+
+def plain(value: Any) -> Any:
+    """Turn numpy scalars and containers into JSON-friendly Python values (NaN -> None)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def load_npz(path: str | Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    """Read the arrays ``keys`` of an ``.npz`` file, naming the file and key when one is wrong.
+
+    Every npz this project reads goes through here; the catalog and the readers of user files
+    (sources, batches) say which keys they need.
+
+    Args:
+        path: the ``.npz`` file.
+        keys: the arrays to read (all must be present).
+        what: what the file should be, for messages (e.g. ``"an npz source (data.path)"``).
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                names = ", ".join(repr(k) for k in missing)
+                raise NnopsError(
+                    f"{path}: no array {names} (arrays: {', '.join(npz.files) or 'none'}); "
+                    f"{what} needs {', '.join(keys)}"
+                )
+            return {k: npz[k] for k in keys}
+    except FileNotFoundError:
+        raise NnopsError(f"{path}: file not found; expected {what}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise NnopsError(f"{path}: cannot read as npz ({exc}); expected {what}") from None

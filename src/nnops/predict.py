@@ -204,14 +204,12 @@ def read_rows(
         key: the array to read from an npz file.
         header: whether the CSV's first line names the columns.
     """
-    from nnops.ingest import input_file
+    from nnops.fetch import input_file
+    from nnops.io import load_npz
 
     path = input_file(path, "CSV or npz file of rows to predict (--input)")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            if key not in npz.files:
-                raise NnopsError(f"{path}: no array {key!r} (arrays: {', '.join(npz.files)})")
-            x = npz[key]
+        x = load_npz(path, (key,), "an npz of rows to predict (--key)")[key]
         if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
             raise NnopsError(
                 f"{path}: {key!r} has shape {x.shape} and dtype {x.dtype}; "

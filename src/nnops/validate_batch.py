@@ -5,7 +5,7 @@
 The checks follow the validate stage's: schema (feature columns present, nothing unknown; for npz
 the number of columns), numeric cells, no missing or infinite values, the value bounds, known
 labels when the batch has them, and drift against the training partition with the same
-statistics and thresholds (:func:`nnops.validate.drift_table`), measured against the profile's
+statistics and thresholds (:func:`nnops.drift.drift_table`), measured against the profile's
 quantile sketch. The checks are plain numpy so a 10,000-row batch is judged in about a second.
 """
 
@@ -21,11 +21,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nnops import drift
+from nnops.catalog import PROFILE_JSON, VALIDATION_DIR
+from nnops.data_profile import PROFILE_FORMAT
 from nnops.errors import NnopsError
+from nnops.io import load_npz, plain, read_json
+from nnops.validation_report import failure_lines, range_detail, render_html
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REFERENCE = "reports/validation/profile.json"
+DEFAULT_REFERENCE = str(VALIDATION_DIR / PROFILE_JSON)
 SCHEMA_CHECKS = ("schema_columns", "schema_shape")
 
 
@@ -44,9 +49,6 @@ def load_profile(path: str | Path) -> dict[str, Any]:
     Args:
         path: the profile file.
     """
-    from nnops.io import read_json
-    from nnops.validate import PROFILE_FORMAT
-
     profile = read_json(path)
     if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
         raise NnopsError(f"{path}: not an nnops training profile (expected {PROFILE_FORMAT})")
@@ -68,10 +70,7 @@ def read_batch(
     if not path.is_file():
         raise NnopsError(f"{path}: batch file not found")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            if key not in npz.files:
-                raise NnopsError(f"{path}: no array {key!r} (arrays: {', '.join(npz.files)})")
-            x = npz[key]
+        x = load_npz(path, (key,), "an npz batch (--key)")[key]
         if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
             raise NnopsError(
                 f"{path}: {key!r} has shape {x.shape} and dtype {x.dtype}; "
@@ -147,7 +146,6 @@ def check_batch(
         reference: the profile's path, for the report.
         schema_only: stop after the schema check (``nnops predict`` uses the rest as warnings).
     """
-    from nnops import validate
     from nnops.config import ValidateParams
 
     params = ValidateParams(**profile["validate"])
@@ -210,7 +208,7 @@ def check_batch(
         with np.errstate(invalid="ignore"):
             out = (numbers < bound) if side == "below" else (numbers > bound)
         cols = [names[j] for j in np.flatnonzero(out.any(axis=0))]
-        detail = validate.range_detail(values, cols, low, high) if cols else None
+        detail = range_detail(values, cols, low, high) if cols else None
         entries.append(
             _entry(name, not cols, f"no feature value {side} the training bound",
                    ", ".join(cols[:5]) or None, int(out.sum()),
@@ -257,8 +255,6 @@ def batch_drift(numbers: np.ndarray, profile: dict[str, Any], params: Any) -> di
         profile: the training profile.
         params: the ``validate`` params recorded in the profile.
     """
-    from nnops import validate
-
     names = list(profile["feature_names"])
     feats = profile["features"]
     sketches = [feats[n]["sketch"] for n in names]
@@ -277,9 +273,9 @@ def batch_drift(numbers: np.ndarray, profile: dict[str, Any], params: Any) -> di
         for j, s in enumerate(sketches):
             sketch[j, : len(s)] = s
         batch = np.ascontiguousarray(numbers.T, dtype=np.float64)
-    cmp = validate.compare_samples(sketch, batch)
+    cmp = drift.compare_samples(sketch, batch)
     n_ref = int(profile["n_reference"])
-    cmp = validate.Comparison(
+    cmp = drift.Comparison(
         ks=cmp.ks,
         wasserstein=cmp.wasserstein,
         n_first=np.array([feats[n]["n"] for n in names], dtype=np.int64),
@@ -289,20 +285,18 @@ def batch_drift(numbers: np.ndarray, profile: dict[str, Any], params: Any) -> di
         std_second=cmp.std_second,
         sketch=[],
     )
-    table = validate.drift_table(names, cmp, n_ref, params)
-    return validate.drift_summary(table, params, n_ref, len(numbers))
+    table = drift.drift_table(names, cmp, n_ref, params)
+    return drift.drift_summary(table, params, n_ref, len(numbers))
 
 
 def _finish(report: dict[str, Any]) -> dict[str, Any]:
-    from nnops.validate import _plain
-
     entries = report["expectations"]
     report.update(
         success=all(e["success"] for e in entries),
         n_expectations=len(entries),
         n_failed=sum(not e["success"] for e in entries),
     )
-    return _plain(report)
+    return plain(report)
 
 
 def parser(prog: str = "nnops validate-batch") -> argparse.ArgumentParser:
@@ -333,7 +327,6 @@ def main(argv: list[str] | None = None, prog: str = "nnops validate-batch") -> i
     """
     from nnops.io import write_text
     from nnops.stage import configure_logging
-    from nnops.validate import failure_lines, render_html
 
     configure_logging()
     args = parser(prog).parse_args(argv)

@@ -2,7 +2,7 @@
 
 Real bundled scikit-learn datasets go through the csv source's reader (string labels) or the
 digits source, the partitions come from the pipeline's own split (``nnops.split``), and the
-decision is the validate stage's (``nnops.validate.feature_drift``) with the params in
+decision is the validate stage's (``nnops.drift.feature_drift``) with the params in
 ``params.yaml``. ``bench/drift_calibration.py`` prints the same rates as a table.
 """
 
@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnops import validate
+from nnops import drift
 from nnops.config import load_params
-from nnops.ingest import RawData, from_arrays, from_table, load_digits
+from nnops.ingest import from_arrays, from_table, load_digits
+from nnops.raw import RawData
 from nnops.split import split_indices
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
@@ -63,7 +64,7 @@ def drifted(name: str, seed: int, test_fraction: float, shift: str = "none", k: 
         frame = frame.copy()
         test = frame.loc[parts.test, features].to_numpy(np.int64)
         frame.loc[parts.test, features] = np.clip(test + 25, 0, 255).astype(np.uint8)
-    summary = validate.feature_drift(frame, features, parts.train, parts.test, PARAMS.validation)
+    summary = drift.feature_drift(frame, features, parts.train, parts.test, PARAMS.validation)
     return bool(summary["drifted"])
 
 

@@ -1,4 +1,4 @@
-"""ingest.source_file: which file an npz / csv source reads, and the checks before it is read."""
+"""fetch.source_file: which file an npz / csv source reads, and the checks before it is read."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from conftest import section
 from nnops.config import PLACEHOLDER
 from nnops.errors import NnopsError
-from nnops.ingest import source_file
+from nnops.fetch import source_file
 
 pytestmark = pytest.mark.unit
 

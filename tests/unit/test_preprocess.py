@@ -144,8 +144,8 @@ def test_a_class_only_in_the_test_split_is_reported_with_a_warning(tmp_path: Pat
     meta = preprocess.processed_meta(raw.meta, arrays, spec, [])
     assert meta["test_only_classes"] == {"2": 4}
     # The stage says so (a warning line naming the class), and still writes its outputs.
-    from nnops.ingest import write_raw
     from nnops.io import write_json
+    from nnops.raw import write_raw
 
     write_raw(raw, tmp_path / "raw")
     write_json(tmp_path / "val/validation.json", {"success": True,

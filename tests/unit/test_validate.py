@@ -15,8 +15,9 @@ import pytest
 from scipy.stats import ks_2samp, wasserstein_distance
 
 from conftest import section
-from nnops import validate
-from nnops.ingest import RawData, from_arrays, read_raw, write_raw
+from nnops import data_profile, drift, expectations, validation_report
+from nnops.ingest import from_arrays
+from nnops.raw import RawData, read_raw, write_raw
 
 pytestmark = pytest.mark.unit
 
@@ -36,11 +37,13 @@ def check(tmp_path: Path, raw: RawData, **overrides: object) -> dict:
     """Write ``raw`` as a raw data file, read it back and validate it like the stage does."""
     write_raw(raw, tmp_path / "raw")
     back = read_raw(tmp_path / "raw")
-    prof = validate.profile(
+    prof = data_profile.profile(
         back.frame, back.meta, section("split"), section("validate", **overrides)
     )
-    checks = validate.build_checks(prof, section("validate", **overrides), back.meta)
-    return validate.summarise(prof, checks, validate.run_suites(prof, checks), back.meta)
+    checks = expectations.build_checks(prof, section("validate", **overrides), back.meta)
+    return validation_report.summarize(
+        prof, checks, expectations.run_suites(prof, checks), back.meta
+    )
 
 
 def failed(report: dict) -> dict[str, dict]:
@@ -58,9 +61,9 @@ def test_clean_data_passes_every_expectation(tmp_path: Path):
     assert (parts["basis"], parts["train"], parts["test"]) == (
         "the source's own test split", 2550, 1000,
     )  # fmt: skip
-    drift = next(e for e in report["expectations"] if e["name"] == "drift")
-    assert drift["observed"] == {"method": "wasserstein", "drifted": 0, "tested": 9, "share": 0}
-    assert drift["column"].startswith("px_")  # the closest call
+    entry = next(e for e in report["expectations"] if e["name"] == "drift")
+    assert entry["observed"] == {"method": "wasserstein", "drifted": 0, "tested": 9, "share": 0}
+    assert entry["column"].startswith("px_")  # the closest call
     assert report["drift"]["n_reference"] == 2550 and len(report["drift"]["features"]) == 9
 
 
@@ -134,7 +137,9 @@ def test_each_bad_file_fails_its_expectation_and_names_the_column(tmp_path: Path
             if isinstance(observed, float)
             else bad[name]["observed"] == observed
         )
-    line = next(x for x in validate.failure_lines(report) if x.startswith(f"FAILED {name}:"))
+    line = next(
+        x for x in validation_report.failure_lines(report) if x.startswith(f"FAILED {name}:")
+    )
     assert column in line and str(bad[name]["bound"]) in line
     # GX's verdict on the drift expectation and the drift summary agree
     assert report["drift"]["drifted"] == (name == "drift")
@@ -168,10 +173,9 @@ def test_params_bounds_override_the_source_range(tmp_path: Path):
 
 
 def test_csv_without_bounds_has_no_range_checks():
-    assert validate.value_bounds(section("validate"), {"value_range": None}) == (None, None)
-    assert validate.value_bounds(section("validate", value_min=-1), {"value_range": [0, 255]}) == (
-        -1, 255,
-    )  # fmt: skip
+    assert data_profile.value_bounds(section("validate"), {"value_range": None}) == (None, None)
+    bounds = data_profile.value_bounds(section("validate", value_min=-1), {"value_range": [0, 255]})
+    assert bounds == (-1, 255)
 
 
 def test_ks_matches_scipy_for_pixels_and_floats():
@@ -181,15 +185,30 @@ def test_ks_matches_scipy_for_pixels_and_floats():
     floats[1, 600:] += 0.7
     first, second = np.arange(500), np.arange(500, 700)
     for values in (ints, floats):
-        ours = validate.compare(values, first, second)
+        ours = drift.compare(values, first, second)
         tests = [ks_2samp(v[first], v[second], method="asymp") for v in values]
         np.testing.assert_allclose(ours.ks, [t.statistic for t in tests], rtol=1e-12)
-        p = validate.ks_p_values(ours.ks, ours.n_first, ours.n_second)
+        p = drift.ks_p_values(ours.ks, ours.n_first, ours.n_second)
         np.testing.assert_allclose(p, [t.pvalue for t in tests], rtol=1e-6)
         distance = [wasserstein_distance(v[first], v[second]) for v in values]
         np.testing.assert_allclose(ours.wasserstein, distance, rtol=1e-9)
         np.testing.assert_allclose(ours.std_first, values[:, first].std(axis=1), rtol=1e-9)
-    assert validate.compare(floats, first, second).ks[1] > 0.1  # half of the second sample shifted
+    assert drift.compare(floats, first, second).ks[1] > 0.1  # half of the second sample shifted
+
+
+def test_compare_by_feature_chunks_equals_the_whole_arrays():
+    """Many integer features are compared a chunk at a time; every figure stays bit-identical."""
+    rng = np.random.default_rng(5)
+    n = drift.FEATURE_CHUNK * 2 + 7
+    values = rng.integers(0, 40, (n, 900), dtype=np.uint8)
+    values[-5:] //= 8  # chunks with a smaller range than the others
+    values[3, 880:] = 255  # the maximum only in rows neither sample uses
+    first, second = np.arange(0, 600), np.arange(600, 860)
+    whole = drift.compare_samples(values[:, first], values[:, second])
+    chunked = drift.compare(values, first, second)
+    for field in ("ks", "wasserstein", "n_first", "n_second", "mean_first", "std_first"):
+        assert np.array_equal(getattr(chunked, field), getattr(whole, field)), field
+    assert all(np.array_equal(a, b) for a, b in zip(chunked.sketch, whole.sketch, strict=True))
 
 
 def test_drift_decision_per_method_and_constant_features():
@@ -201,9 +220,9 @@ def test_drift_decision_per_method_and_constant_features():
     values[2, 2000:] += 0.5
     values[3] = 7.0
     first, second = np.arange(2000), np.arange(2000, 3000)
-    cmp = validate.compare(values, first, second)
+    cmp = drift.compare(values, first, second)
     names = ["same", "tiny", "half", "flat"]
-    big = validate.drift_table(names, cmp, 2000, section("validate")).set_index("feature")
+    big = drift.drift_table(names, cmp, 2000, section("validate")).set_index("feature")
     assert big["drift"].to_dict() == pytest.approx(
         {"same": 0.0, "tiny": 0.0, "half": 1.0, "flat": float("nan")}, nan_ok=True
     )
@@ -212,17 +231,17 @@ def test_drift_decision_per_method_and_constant_features():
     assert big.at["half", "drift_reason"].startswith("Wasserstein 0.4")
     assert "std > 0.1 (KS" in big.at["half", "drift_reason"]
     assert big.at["flat", "drift_reason"] == "constant in both samples: not tested"
-    small = validate.drift_table(names, cmp, 2000, section("validate", drift_switch_rows=5000))
+    small = drift.drift_table(names, cmp, 2000, section("validate", drift_switch_rows=5000))
     assert small.set_index("feature").at["half", "drift_method"] == "ks"
-    summary = validate.drift_summary(big.reset_index(), section("validate"), 2000, 1000)
+    summary = drift.drift_summary(big.reset_index(), section("validate"), 2000, 1000)
     assert (summary["n_tested"], summary["n_drifted"], summary["drifted"]) == (3, 1, True)
     assert summary["features"][0]["feature"] == "half"  # drifted features first
 
 
 def test_html_report_shows_each_expectation(tmp_path: Path):
     report = check(tmp_path, frame_edit(set_cell("px_1", 17)))
-    page = validate.render_html(report)
-    drift_rows = min(len(report["drift"]["features"]), validate.DRIFT_ROWS_SHOWN)
+    page = validation_report.render_html(report)
+    drift_rows = min(len(report["drift"]["features"]), validation_report.DRIFT_ROWS_SHOWN)
     assert page.count("<tr class=") == report["n_expectations"] + drift_rows
     assert "FAILED" in page and "px_1" in page
 
@@ -283,7 +302,7 @@ def test_default_params_pass_clean_real_data(tmp_path: Path, name: str):
 
     raw = load_digits() if name == "digits" else real_table(name)
     report = check(tmp_path, raw)
-    assert report["success"], validate.failure_lines(report)
+    assert report["success"], validation_report.failure_lines(report)
     expected_method = "wasserstein" if name == "digits" else "ks"
     assert report["drift"]["method"] == expected_method
     if name == "digits":  # border pixels constant at 0 are not tested, so cannot alarm
@@ -309,7 +328,7 @@ def test_float_images_far_outside_the_pixel_range_are_rejected(tmp_path: Path):
     assert bad["value_max"]["detail"] == (
         "split train: 5 value(s) in 3e+06..3e+06 in px_1 (allowed <= 255)"
     )
-    line = validate.failure_lines(report)[0]
+    line = validation_report.failure_lines(report)[0]
     assert "split train" in line and "3e+06" in line
 
 
@@ -324,10 +343,10 @@ def test_stage_writes_a_training_profile(tmp_path: Path):
     proc = run_stage(tmp_path, clean_raw())
     assert proc.returncode == 0, proc.stderr
     profile = json.loads((tmp_path / "out/profile.json").read_text())
-    assert profile["format"] == validate.PROFILE_FORMAT
+    assert profile["format"] == data_profile.PROFILE_FORMAT
     assert profile["feature_names"] == [f"px_{i}" for i in range(9)]
     assert profile["class_names"] == ["0", "1", "2"] and profile["value_bounds"] == [0, 16]
     assert profile["n_reference"] == 2550 and profile["validate"]["drift_alpha"] == 0.01
     px = profile["features"]["px_0"]
-    assert px["n"] == 2550 and len(px["sketch"]) == validate.SKETCH_POINTS
+    assert px["n"] == 2550 and len(px["sketch"]) == drift.SKETCH_POINTS
     assert min(px["sketch"]) >= 0 and max(px["sketch"]) <= 16 and px["std"] > 0

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nnops import validate, validate_batch
+from nnops import data_profile, validate_batch
 from nnops.config import load_params
-from nnops.ingest import RawData, from_table, load_digits
+from nnops.ingest import from_table, load_digits
+from nnops.raw import RawData
 from nnops.split import split_indices
 
 pytestmark = pytest.mark.unit
@@ -32,8 +33,8 @@ def iris() -> tuple[RawData, pd.DataFrame]:
 
 def write_profile(raw: RawData, path: Path, label_column: str) -> Path:
     """The validate stage's profile of ``raw`` (same functions the stage calls)."""
-    prof = validate.profile(raw.frame, raw.meta, PARAMS.split, PARAMS.validation)
-    ref = validate.reference_profile(prof, PARAMS.validation, raw.meta, label_column)
+    prof = data_profile.profile(raw.frame, raw.meta, PARAMS.split, PARAMS.validation)
+    ref = data_profile.reference_profile(prof, PARAMS.validation, raw.meta, label_column)
     path.write_text(json.dumps(ref))
     return path
 
