@@ -113,11 +113,11 @@ def test_images_are_inlined_and_decode():
 
 
 def test_params_diff_lists_only_changed_keys():
-    changed = _params({"train": {"epochs": 3}, "evaluate": {"slice_by": ["a"]}})
+    changed = _params({"train": {"epochs": 3}, "explain": {"slice_by": ["a"]}})
     rows = rp.params_diff(changed, repo_params())
     committed = repo_params()
     assert rows == [
-        {"key": "evaluate.slice_by", "default": list(committed.evaluate.slice_by), "value": ["a"]},
+        {"key": "explain.slice_by", "default": list(committed.explain.slice_by), "value": ["a"]},
         {"key": "train.epochs", "default": committed.train.epochs, "value": 3},
     ]
     assert rp.params_diff(repo_params(), repo_params()) == []
