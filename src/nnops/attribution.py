@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 
 Method = Literal["integrated_gradients", "gradient_x_input"]
 
-# Interpolated rows per gradient pass. It bounds memory, not a modelling choice: the tape keeps
-# every layer's activations, so at MNIST scale 8192 rows cost ~140 MB more peak memory than 1024,
-# for no gain in speed (measured with the explain stage, notes of issue 15).
-GRADIENT_ROWS = 1024
+# Interpolated rows per gradient pass. It bounds memory, not a modelling choice: at MNIST scale
+# the explain stage peaked ~200 MB higher with 8192 rows per pass and ~20 MB higher with 1024
+# than with 512, at the same CPU time (bench/eval_scale.py; notes of issue 15).
+GRADIENT_ROWS = 512
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,18 @@ def test_default_run_draws_both_grids_and_the_report(reproduced_project: Path):
     assert "importances.png" not in summary["files"]
     slices = json.loads((explain / "slices.json").read_text())
     assert len(slices["classes"]) == 10 and slices["slices"] == []
+    # explain took evaluate's test probabilities (made from this model) instead of rescoring
+    from nnops.catalog import file_sha256
+
+    with np.load(root / "reports" / "predictions.npz") as npz:
+        assert str(npz["model_sha256"]) == file_sha256(root / "models" / "model.keras")
+        predicted = npz["proba"].argmax(axis=1)
+    with np.load(root / "data" / "processed" / "test.npz") as npz:
+        accuracy = float((predicted == npz["y"]).mean())
+    assert slices["overall"]["accuracy"] == pytest.approx(accuracy)
+    assert json.loads((root / "reports" / "metrics.json").read_text())["test"]["accuracy"] == (
+        pytest.approx(accuracy)
+    )
 
     html = (root / "reports" / "report.html").read_text()
     md = (root / "reports" / "report.md").read_text()
