@@ -177,7 +177,9 @@ def read_inputs(
     meta = read_json(data / catalog.PROCESSED_META)
     class_names = [str(c) for c in meta.get("class_names") or []]
     if len(class_names) < 2:
-        raise NnopsError(f"{data / catalog.PROCESSED_META}: class_names must list two classes")
+        raise NnopsError(
+            f"{data / catalog.PROCESSED_META}: class_names must list at least two classes"
+        )
     splits = {s: catalog.read_split(catalog.split_path(data, s)) for s in SPLITS}
     if not Path(model).is_file():
         raise NnopsError(f"{model}: model file not found (did the train stage run?)")
