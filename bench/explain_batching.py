@@ -30,7 +30,7 @@ def main() -> None:
 
     import keras
 
-    from nnops.explain import CHUNK_ROWS, integrated_gradients
+    from nnops.attribution import GRADIENT_ROWS, integrated_gradients
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
@@ -56,11 +56,11 @@ def main() -> None:
         return statistics.median(times), out
 
     naive_s, naive = timed(args.steps)  # one example per pass
-    batched_s, batched = timed(CHUNK_ROWS)
+    batched_s, batched = timed(GRADIENT_ROWS)
     np.testing.assert_allclose(batched, naive, rtol=1e-4, atol=1e-6)
     print(f"integrated gradients, {args.examples} examples x {args.steps} steps, 784 features")
     print(f"  one example per pass: {naive_s:8.3f} s (median of {args.repeats})")
-    print(f"  batched, {CHUNK_ROWS} rows: {batched_s:8.3f} s")
+    print(f"  batched, {GRADIENT_ROWS} rows: {batched_s:8.3f} s")
     print(f"  speed-up            : {naive_s / batched_s:8.1f}x")
 
 

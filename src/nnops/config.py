@@ -183,14 +183,32 @@ class FitThresholds(_Section):
 class EvaluateParams(_Section):
     fit: FitThresholds
     learning_curve: tuple[Fraction | Literal[1.0], ...] | None
+
+
+class ExplainParams(_Section):
+    """The explain stage: attributions or permutation importances, and slice metrics."""
+
+    enabled: Bool
+    method: Literal["integrated_gradients", "gradient_x_input"]
+    samples: PositiveInt
+    steps: PositiveInt
+    errors: PositiveInt
+    repeats: PositiveInt
     slice_by: tuple[str, ...]
     slice_max_gap: UnitFraction
-    explain: Bool
-    explain_samples: PositiveInt
-    explain_method: Literal["integrated_gradients", "gradient_x_input"]
-    explain_steps: PositiveInt
-    explain_errors: PositiveInt
-    explain_repeats: PositiveInt
+
+
+# Keys that moved to their own section; an old params.yaml gets one line per key saying where.
+MOVED_KEYS = {
+    "evaluate.explain": "explain.enabled",
+    "evaluate.explain_method": "explain.method",
+    "evaluate.explain_samples": "explain.samples",
+    "evaluate.explain_steps": "explain.steps",
+    "evaluate.explain_errors": "explain.errors",
+    "evaluate.explain_repeats": "explain.repeats",
+    "evaluate.slice_by": "explain.slice_by",
+    "evaluate.slice_max_gap": "explain.slice_max_gap",
+}
 
 
 class RegisterParams(_Section):
@@ -304,6 +322,7 @@ class Params(_Section):
     preprocess: PreprocessParams
     train: TrainParams
     evaluate: EvaluateParams
+    explain: ExplainParams
     registry: RegisterParams = Field(alias="register")
     mlflow: MlflowParams
     tune: TuneParams
@@ -379,6 +398,8 @@ def _describe(error: dict[str, Any]) -> str:
     dotted = ".".join(str(p) for p in loc) or "<root>"
     received = error.get("input")
     kind = error["type"]
+    if kind == "extra_forbidden" and dotted in MOVED_KEYS:
+        return f"{dotted}: moved to {MOVED_KEYS[dotted]}"
     if kind == "extra_forbidden":
         owner = _model_at(loc)
         allowed = sorted(f.alias or n for n, f in owner.model_fields.items()) if owner else []

@@ -47,6 +47,23 @@ ACTIONS: dict[Verdict, str] = {
 }
 
 
+# MLflow tags on the training run (``mlflow.search_runs(filter_string="tags.fit = 'good fit'")``).
+VERDICT_TAG = "fit"
+ACTION_TAG = "fit.action"
+
+
+def restored_epoch(summary: Mapping[str, Any]) -> int | None:
+    """The epoch whose weights the model holds when early stopping restored its best weights,
+    else None (the model holds the last epoch's weights).
+
+    Args:
+        summary: the train stage's ``reports/train/summary.json`` (empty when absent).
+    """
+    if summary.get("restored_best_weights") and summary.get("best_epoch") is not None:
+        return int(summary["best_epoch"])
+    return None
+
+
 @dataclass(frozen=True)
 class EpochEvidence:
     """What the per-epoch history says: where validation loss was best and how far it rose."""
@@ -100,6 +117,10 @@ class Diagnosis:
     def to_dict(self) -> dict[str, Any]:
         """Return everything as plain JSON-ready data."""
         return asdict(self)
+
+    def tags(self) -> dict[str, str]:
+        """Return the MLflow tags that carry the verdict on the training run."""
+        return {VERDICT_TAG: self.verdict, ACTION_TAG: self.action}
 
     def summary(self) -> str:
         """Return a few plain lines for the end of the stage's output."""

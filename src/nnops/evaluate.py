@@ -1,73 +1,64 @@
-"""Scoring a model on each split, DVC plot rows, figures and the training-size learning curve.
+"""Evaluate a trained model: score every split once, diagnose its fit, write metrics and plots.
 
-Every metric comes from ``sklearn.metrics``. The scoring, diagnosis-report and figure functions
-take arrays and return data (or a matplotlib ``Figure``); the file edges at the end of the module
-(``read_split``, ``read_history``, ``write_plots``) read and write the stage's files, and MLflow
-logging happens in ``pipelines/evaluate.py``. Scoring itself lives in :mod:`nnops.scoring`;
-``reports/evaluation.json`` is ``evaluation_report``.
+Scores come from :mod:`nnops.scoring` (every metric from ``sklearn.metrics``), the verdict from
+:mod:`nnops.diagnose`, figures from :mod:`nnops.plots`. :func:`evaluate` takes arrays and returns
+data; the file edges (``read_inputs``, ``load_model``, ``write_outputs``, ``log_to_mlflow``) read
+and write the stage's files and the MLflow run. The optional training-size learning curve lives
+in :mod:`nnops.learning_curve` (it retrains, so only the stage imports it, when asked to).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from nnops.config import TrainParams
-from nnops.diagnose import Diagnosis
+from nnops import catalog, plots
+from nnops.config import FitThresholds
+from nnops.diagnose import Diagnosis, diagnose, restored_epoch
 from nnops.errors import NnopsError
-from nnops.io import atomic_path
-from nnops.scoring import SplitScores, confusion_rows, predict_proba, score_split
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from nnops.io import atomic_path, read_json, write_json
+from nnops.scoring import SPLITS, SplitScores, confusion_rows, predict_proba, score_split
+from nnops.tracking import RunInfo, read_run_info
 
 log = logging.getLogger(__name__)
 
 
-def history_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
-    """Turn history rows (one mapping per epoch) into columns of floats.
+@dataclass(frozen=True)
+class EvaluationInputs:
+    """Everything the evaluate stage reads besides the model itself."""
 
-    Args:
-        rows: rows as read from ``reports/train/history.csv``.
-    """
-    columns: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            columns.setdefault(key, []).append(float(value))
-    return columns
+    class_names: list[str]
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (raw features, class indices)
+    history: dict[str, list[float]]
+    summary: dict[str, Any]  # the train stage's summary.json ({} when absent)
+    preprocessing: dict[str, Any]
+    data_hash: str
+    model_sha256: str
+    run: RunInfo  # the training run (models/run.json) that evaluate logs into
 
 
-def subset_indices(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Pick a seeded, class-stratified share of the rows (all rows for ``fraction`` 1.0).
+@dataclass(frozen=True)
+class Evaluation:
+    """The scores of each split, the fit verdict and what goes into the stage's files."""
 
-    Args:
-        y: class indices of all rows.
-        fraction: the share to keep, in (0, 1].
-        seed: the random seed.
-    """
-    n = len(y)
-    if fraction >= 1.0:
-        return np.arange(n)
-    from sklearn.model_selection import train_test_split
-
-    n_keep = max(int(round(fraction * n)), 1)
-    classes = len(np.unique(y))
-    stratify = y if n_keep >= classes and n - n_keep >= classes else None
-    keep, _ = train_test_split(
-        np.arange(n), train_size=n_keep, random_state=seed, stratify=stratify
-    )
-    return np.sort(keep)
+    scores: dict[str, SplitScores]
+    test_proba: np.ndarray
+    fit: Diagnosis
+    curve: list[dict[str, float]] | None  # the learning curve, when evaluate.learning_curve is set
+    metrics: dict[str, Any]
+    report: dict[str, Any]
 
 
 def curve_point(
     fraction: float, train_size: int, train: SplitScores, val: SplitScores
 ) -> dict[str, float]:
-    """One point of the training-size learning curve.
+    """One point of the training-size learning curve (a row of ``learning_curve.csv``).
 
     Args:
         fraction: the share of the training data used.
@@ -83,128 +74,6 @@ def curve_point(
         "train_loss": train.loss,
         "val_loss": val.loss,
     }
-
-
-def learning_curve(
-    fit: Callable[[np.ndarray, np.ndarray], Any],
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    fractions: Sequence[float],
-    class_names: Sequence[str],
-    seed: int,
-) -> list[dict[str, float]]:
-    """Retrain on growing shares of the training data and score each model on its share and on val.
-
-    Args:
-        fit: trains a fresh, seeded model on ``(x, y)`` and returns it.
-        train: raw training features and labels.
-        val: raw validation features and labels.
-        fractions: shares of the training data, each in (0, 1].
-        class_names: the name of each class index.
-        seed: the seed for picking the subsets.
-    """
-    x_train, y_train = train
-    x_val, y_val = val
-    rows = []
-    for fraction in sorted(fractions):
-        idx = subset_indices(y_train, fraction, seed)
-        model = fit(x_train[idx], y_train[idx])
-        on_train = score_split(y_train[idx], predict_proba(model, x_train[idx]), class_names)
-        on_val = score_split(y_val, predict_proba(model, x_val), class_names)
-        log.info(
-            "learning curve: %d rows (%.0f%%): train accuracy %.4f, val accuracy %.4f",
-            len(idx),
-            100 * fraction,
-            on_train.accuracy,
-            on_val.accuracy,
-        )
-        rows.append(curve_point(fraction, len(idx), on_train, on_val))
-    return rows
-
-
-def keras_fitter(
-    params: TrainParams,
-    preprocessing: Mapping[str, Any],
-    n_classes: int,
-    val: tuple[np.ndarray, np.ndarray],
-) -> Callable[[np.ndarray, np.ndarray], Any]:
-    """Return a function that trains the train stage's model, freshly seeded, on given rows.
-
-    The model, optimizer, epochs and early stopping are those of ``params.train`` (through
-    ``nnops.train.fit``), on one device without distribution and without backups.
-
-    Args:
-        params: the ``train`` params section.
-        preprocessing: the preprocess stage's description of its scaling.
-        n_classes: the number of classes.
-        val: raw validation features and labels (for early stopping and the history).
-    """
-    import keras
-
-    from nnops.distribute import configure_runtime
-    from nnops.train import TrainData, fit
-
-    local = params.model_copy(update={"distribute": "none"})
-    runtime = configure_runtime(local)
-
-    def fit_rows(x: np.ndarray, y: np.ndarray) -> Any:
-        keras.utils.set_random_seed(local.seed)  # every share starts from the same seed
-        data = TrainData(x, y, val[0], val[1], n_classes, preprocessing)
-        model, _ = fit(data, local, runtime, backup_dir=None)
-        return model
-
-    return fit_rows
-
-
-def curve_figure(
-    x: Sequence[float],
-    series: Mapping[str, Sequence[float]],
-    title: str,
-    xlabel: str,
-    ylabel: str,
-) -> Figure:
-    """Draw several lines against one x axis (train and validation in one chart).
-
-    Args:
-        x: the x values.
-        series: label -> y values.
-        title: the chart title.
-        xlabel: the x-axis label.
-        ylabel: the y-axis label.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
-    for label, y in series.items():
-        ax.plot(list(x), list(y), marker="o", markersize=3, label=label)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
-
-
-def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str):
-    """Draw a confusion matrix with counts in the cells (rows: actual, columns: predicted).
-
-    Args:
-        matrix: counts, shape (classes, classes).
-        class_names: the name of each class index.
-        title: the chart title.
-    """
-    from matplotlib.figure import Figure
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    k = len(class_names)
-    size = min(4 + 0.45 * k, 14)
-    fig = Figure(figsize=(size, size), layout="constrained")
-    ax = fig.add_subplot()
-    display = ConfusionMatrixDisplay(
-        np.asarray(matrix), display_labels=[str(c) for c in class_names]
-    )
-    display.plot(ax=ax, colorbar=False, values_format="d", xticks_rotation="vertical")
-    ax.set_title(title)
-    return fig
 
 
 def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -260,25 +129,88 @@ def evaluation_report(
     }
 
 
-# --- File edges used by pipelines/evaluate.py (and other stages reading the same files) ---------
-
-
-def read_history(path: str | Path) -> dict[str, list[float]]:
-    """Read the per-epoch history CSV of the train stage into columns.
+def evaluate(
+    model: Any,
+    inputs: EvaluationInputs,
+    thresholds: FitThresholds,
+    curve: list[dict[str, float]] | None = None,
+) -> Evaluation:
+    """Score each split once, diagnose the fit and assemble the metrics and the report.
 
     Args:
-        path: ``reports/train/history.csv``.
+        model: the trained Keras model (raw input in, probabilities out).
+        inputs: what :func:`read_inputs` read.
+        thresholds: the ``evaluate.fit`` params.
+        curve: the training-size learning curve, if one was computed.
     """
-    path = Path(path)
+    names = inputs.class_names
+    probas = {s: predict_proba(model, x) for s, (x, _) in inputs.splits.items()}
+    scores = {s: score_split(inputs.splits[s][1], probas[s], names) for s in SPLITS}
+    fit = diagnose(
+        scores["train"].headline(),
+        scores["val"].headline(),
+        inputs.history,
+        thresholds,
+        model_epoch=restored_epoch(inputs.summary),
+    )
+    metrics = {s: scores[s].headline() for s in SPLITS} | {"fit": fit.metrics()}
+    report = evaluation_report(scores, names, fit, curve)
+    return Evaluation(scores, probas["test"], fit, curve, metrics, report)
+
+
+# --- File edges used by pipelines/evaluate.py ------------------------------------------------
+
+
+def read_inputs(
+    data: str | Path, history: str | Path, summary: str | Path, model: str | Path, run: str | Path
+) -> EvaluationInputs:
+    """Read every input of the stage, so that a missing or bad file fails before TensorFlow.
+
+    Args:
+        data: ``data/processed``.
+        history: ``reports/train/history.csv``.
+        summary: ``reports/train/summary.json`` (optional).
+        model: ``models/model.keras`` (only checked and hashed here).
+        run: ``models/run.json``.
+    """
+    data = Path(data)
+    meta = read_json(data / catalog.PROCESSED_META)
+    class_names = [str(c) for c in meta.get("class_names") or []]
+    if len(class_names) < 2:
+        raise NnopsError(
+            f"{data / catalog.PROCESSED_META}: class_names must list at least two classes"
+        )
+    splits = {s: catalog.read_split(catalog.split_path(data, s)) for s in SPLITS}
+    if not Path(model).is_file():
+        raise NnopsError(f"{model}: model file not found (did the train stage run?)")
+    spec_file = data / catalog.PREPROCESSING_JSON
+    return EvaluationInputs(
+        class_names=class_names,
+        splits=splits,
+        history=catalog.read_history(history) or {},
+        summary=read_json(summary) if Path(summary).is_file() else {},
+        preprocessing=read_json(spec_file) if spec_file.is_file() else {},
+        data_hash=str(meta.get("data_hash", "")),
+        model_sha256=catalog.file_sha256(model),
+        run=read_run_info(run),
+    )
+
+
+def load_model(path: str | Path) -> Any:
+    """Load the trained Keras model (TensorFlow imported here, without its start-up noise).
+
+    Args:
+        path: ``models/model.keras``.
+    """
+    from nnops.distribute import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except FileNotFoundError:
-        raise NnopsError(f"{path}: file not found (did the train stage run?)") from None
-    try:
-        return history_columns(rows)
-    except ValueError as exc:
-        raise NnopsError(f"{path}: non-numeric value ({exc})") from None
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (OSError, ValueError) as exc:
+        raise NnopsError(f"{path}: cannot load the Keras model ({exc})") from None
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
@@ -286,12 +218,6 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[s
         writer = csv.DictWriter(fh, fieldnames=list(fields))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path
 
 
 def write_plots(
@@ -327,20 +253,20 @@ def write_plots(
     figures = []
     for metric, label in (("loss", "Loss"), ("accuracy", "Accuracy")):
         if metric in history and f"val_{metric}" in history:
-            fig = curve_figure(
+            fig = plots.curve_figure(
                 x,
                 {"train": history[metric], "validation": history[f"val_{metric}"]},
                 f"{label} per epoch (train vs validation)",
                 "epoch",
                 metric,
             )
-            figures.append(_save(fig, out / f"{metric}.png"))
-    fig = confusion_figure(test.confusion_matrix, class_names, "Test confusion matrix")
-    figures.append(_save(fig, out / "confusion_test.png"))
+            figures.append(plots.save_png(fig, out / f"{metric}.png"))
+    fig = plots.confusion_figure(test.confusion_matrix, class_names, "Test confusion matrix")
+    figures.append(plots.save_png(fig, out / "confusion_test.png"))
     if curve:
         _write_csv(out / "learning_curve.csv", curve, list(curve[0]))
     if curve and len(curve) > 1:
-        fig = curve_figure(
+        fig = plots.curve_figure(
             [r["train_size"] for r in curve],
             {
                 "train": [r["train_accuracy"] for r in curve],
@@ -350,5 +276,65 @@ def write_plots(
             "training rows",
             "accuracy",
         )
-        figures.append(_save(fig, out / "learning_curve.png"))
+        figures.append(plots.save_png(fig, out / "learning_curve.png"))
     return figures
+
+
+def write_outputs(out: str | Path, result: Evaluation, inputs: EvaluationInputs) -> list[Path]:
+    """Write plots, ``evaluation.json``, ``metrics.json`` and the test predictions handed to
+    explain; return the files that go to MLflow (figures, evaluation and metrics).
+
+    Args:
+        out: the reports directory (``reports``).
+        result: what :func:`evaluate` returned.
+        inputs: what :func:`read_inputs` read.
+    """
+    out = Path(out)
+    y_test = inputs.splits["test"][1]
+    # Without evaluate.learning_curve the plot holds one point: the evaluated model itself.
+    points = result.curve or [
+        curve_point(
+            1.0, len(inputs.splits["train"][1]), result.scores["train"], result.scores["val"]
+        )
+    ]
+    figures = write_plots(
+        out / catalog.PLOTS_DIR.name,
+        inputs.history,
+        result.scores["test"],
+        inputs.class_names,
+        points,
+        y_test,
+        result.test_proba.argmax(axis=1),
+    )
+    evaluation, metrics = out / catalog.EVALUATION_JSON.name, out / catalog.METRICS_JSON.name
+    write_json(evaluation, result.report)
+    write_json(metrics, result.metrics)
+    catalog.write_predictions(
+        out / catalog.PREDICTIONS_NPZ.name, result.test_proba, inputs.model_sha256, inputs.data_hash
+    )
+    return [*figures, evaluation, metrics]
+
+
+def log_to_mlflow(
+    run_info: RunInfo, timeout_s: float, result: Evaluation, files: Sequence[Path]
+) -> None:
+    """Log the metrics, the fit tags and the files to the training run.
+
+    Args:
+        run_info: the training run (``EvaluationInputs.run``).
+        timeout_s: ``mlflow.connect_timeout_s``.
+        result: what :func:`evaluate` returned.
+        files: the files to attach under ``evaluation/``.
+    """
+    from nnops.tracking import resume_run
+
+    with resume_run(run_info, timeout_s) as run:
+        import mlflow
+
+        mlflow.log_metrics(flat_metrics(result.metrics))
+        mlflow.set_tags(result.fit.tags())
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        log.info(
+            "logged metrics, fit tags and %d files to MLflow run %s", len(files), run.info.run_id
+        )

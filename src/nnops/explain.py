@@ -1,45 +1,37 @@
 """What the model looks at: attribution maps for image data, permutation importances for tables.
 
-Image-like sources get integrated gradients (or gradient x input) computed with TensorFlow's
-GradientTape on the raw input, averaged per class over correctly classified test examples, and
-a grid of the test examples the model got wrong with the most confidence. Tabular sources get
-scikit-learn's permutation importance on the test set. Figures come back as PNG bytes; writing
-them is left to the stage.
+Image-like sources get integrated gradients (or gradient x input, :mod:`nnops.attribution`)
+averaged per class over correctly classified test examples, and a grid of the test examples the
+model got wrong with the most confidence. Tabular sources get scikit-learn's permutation
+importance on the test set. Slice and per-class metrics come from
+:mod:`nnops.slices`, figures from :mod:`nnops.plots`. The test split's probabilities are the ones
+the evaluate stage computed (``reports/predictions.npz``), so the test set is scored once.
+The file edges at the end (``read_test``, ``model_and_predictions``, ``write_files``) read and
+write the stage's files.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from nnops.config import EvaluateParams
+from nnops import plots
+from nnops import slices as sl
+from nnops.attribution import ClassAttribution, class_attributions
+from nnops.catalog import file_sha256, read_predictions
+from nnops.config import ExplainParams
 from nnops.errors import NnopsError
+from nnops.io import atomic_path
 from nnops.scoring import predict_proba
 
 log = logging.getLogger(__name__)
-
-Method = Literal["integrated_gradients", "gradient_x_input"]
-
-# Rows pushed through the model at once; bounds memory, not a modelling choice.
-CHUNK_ROWS = 8192
-# The bar chart shows at most this many features (the table keeps all of them).
-CHART_MAX_FEATURES = 30
-
-
-@dataclass(frozen=True)
-class ClassAttribution:
-    """Mean attribution of one class over the correctly classified test examples of that class."""
-
-    class_index: int
-    class_name: str
-    n_examples: int
-    attribution: np.ndarray  # shaped like one image
 
 
 @dataclass(frozen=True)
@@ -59,136 +51,6 @@ class FeatureImportance:
     feature: str
     importance_mean: float
     importance_std: float
-
-
-def _target_gradients(model: Any, x: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Gradient of each row's target-class probability with respect to that row's input."""
-    import tensorflow as tf
-
-    xt = tf.convert_to_tensor(x, dtype=tf.float32)
-    idx = tf.stack([tf.range(tf.shape(xt)[0]), tf.convert_to_tensor(target, tf.int32)], axis=1)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        probs = tf.cast(model(xt, training=False), tf.float32)
-        picked = tf.gather_nd(probs, idx)
-    return tape.gradient(picked, xt).numpy()
-
-
-def integrated_gradients(
-    model: Any,
-    x: np.ndarray,
-    target: np.ndarray,
-    steps: int,
-    baseline: np.ndarray | None = None,
-    chunk_rows: int = CHUNK_ROWS,
-) -> np.ndarray:
-    """Integrated gradients of the target-class probability, one attribution row per input row.
-
-    The path integral from ``baseline`` to ``x`` uses the midpoint rule with ``steps`` points;
-    all interpolated rows of a chunk of examples go through the model in one batch.
-
-    Args:
-        model: a Keras model taking raw input and returning probabilities.
-        x: raw inputs, shape (n, d).
-        target: the class to explain for each row, shape (n,).
-        steps: interpolation points along the path.
-        baseline: the reference input, shape (d,); all zeros (a black image) when omitted.
-        chunk_rows: interpolated rows per gradient pass.
-    """
-    if steps < 1:
-        raise NnopsError(f"integrated gradients needs at least one step; received steps={steps}")
-    x = np.asarray(x, dtype=np.float32)
-    base = np.zeros(x.shape[1], np.float32) if baseline is None else baseline.astype(np.float32)
-    alphas = ((np.arange(steps, dtype=np.float32) + 0.5) / steps)[:, None]
-    per_chunk = max(1, chunk_rows // steps)
-    out = np.zeros_like(x)
-    for start in range(0, len(x), per_chunk):
-        xs = x[start : start + per_chunk]
-        n = len(xs)
-        # (n, steps, d) -> (n * steps, d): every example's path in one batch.
-        path = base + alphas[None, :, :] * (xs - base)[:, None, :]
-        grads = _target_gradients(
-            model, path.reshape(n * steps, -1), np.repeat(target[start : start + n], steps)
-        )
-        out[start : start + n] = (xs - base) * grads.reshape(n, steps, -1).mean(axis=1)
-    return out
-
-
-def gradient_x_input(
-    model: Any, x: np.ndarray, target: np.ndarray, chunk_rows: int = CHUNK_ROWS
-) -> np.ndarray:
-    """Gradient of the target-class probability times the input, one row per input row.
-
-    Args:
-        model: a Keras model taking raw input and returning probabilities.
-        x: raw inputs, shape (n, d).
-        target: the class to explain for each row, shape (n,).
-        chunk_rows: rows per gradient pass.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    out = np.zeros_like(x)
-    for start in range(0, len(x), chunk_rows):
-        xs = x[start : start + chunk_rows]
-        out[start : start + len(xs)] = xs * _target_gradients(
-            model, xs, target[start : start + len(xs)]
-        )
-    return out
-
-
-def class_attributions(
-    model: Any,
-    x_raw: np.ndarray,
-    y: np.ndarray,
-    probs: np.ndarray,
-    class_names: Sequence[str],
-    image_shape: Sequence[int],
-    samples: int,
-    method: Method,
-    steps: int,
-) -> list[ClassAttribution]:
-    """Mean attribution map per class over up to ``samples`` correctly classified test examples.
-
-    A class with no correct example gets an all-zero map and ``n_examples=0``.
-
-    Args:
-        model: a Keras model taking raw input and returning probabilities.
-        x_raw: raw test inputs, shape (n, d).
-        y: true class indices.
-        probs: the model's probabilities for ``x_raw``.
-        class_names: one name per class.
-        image_shape: the shape of one example as an image, e.g. (8, 8).
-        samples: the most examples averaged per class (the first ones in test order).
-        method: ``integrated_gradients`` or ``gradient_x_input``.
-        steps: interpolation points for integrated gradients.
-    """
-    shape = tuple(int(s) for s in image_shape)
-    if math.prod(shape) != x_raw.shape[1]:
-        raise NnopsError(
-            f"image_shape {list(shape)} holds {math.prod(shape)} values but the data has "
-            f"{x_raw.shape[1]} features"
-        )
-    pred = probs.argmax(axis=1)
-    chosen = [np.flatnonzero((y == c) & (pred == c))[:samples] for c in range(len(class_names))]
-    rows = np.concatenate(chosen) if chosen else np.zeros(0, dtype=int)
-    targets = y[rows].astype(np.int32)
-    if method == "integrated_gradients":
-        attr = integrated_gradients(model, x_raw[rows], targets, steps)
-    elif method == "gradient_x_input":
-        attr = gradient_x_input(model, x_raw[rows], targets)
-    else:
-        raise NnopsError(
-            f"evaluate.explain_method: received {method!r}; allowed: "
-            "'integrated_gradients', 'gradient_x_input'"
-        )
-    result: list[ClassAttribution] = []
-    offset = 0
-    for c, idx in enumerate(chosen):
-        block = attr[offset : offset + len(idx)]
-        offset += len(idx)
-        mean = block.mean(axis=0) if len(idx) else np.zeros(x_raw.shape[1], np.float32)
-        result.append(ClassAttribution(c, str(class_names[c]), len(idx), mean.reshape(shape)))
-    log.info("attributions (%s) over %d correctly classified test examples", method, len(rows))
-    return result
 
 
 def most_confident_errors(y: np.ndarray, probs: np.ndarray, k: int) -> list[Misclassified]:
@@ -264,29 +126,6 @@ def permutation_importances(
     return sorted(items, key=lambda f: (-f.importance_mean, f.feature))
 
 
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _grid(n: int) -> tuple[int, int]:
-    cols = min(n, 5) if n <= 10 else math.ceil(math.sqrt(n))
-    return max(1, math.ceil(n / max(cols, 1))), max(cols, 1)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def attribution_grid_png(attributions: Sequence[ClassAttribution], method: str) -> bytes:
     """One tile per class: red pushes towards the class, blue away from it.
 
@@ -294,18 +133,9 @@ def attribution_grid_png(attributions: Sequence[ClassAttribution], method: str) 
         attributions: per-class mean attributions.
         method: the attribution method, for the title.
     """
-    plt = _pyplot()
-    rows, cols = _grid(len(attributions))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.2 * rows + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, item in zip(axes.ravel(), attributions, strict=False):
-        img = item.attribution if item.attribution.ndim == 2 else item.attribution.sum(axis=-1)
-        lim = float(np.abs(img).max()) or 1.0
-        ax.imshow(img, cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest")
-        ax.set_title(f"{item.class_name} (n={item.n_examples})", fontsize=9)
-    fig.suptitle(f"Mean {method.replace('_', ' ')} per class (correct test examples)", fontsize=10)
-    return _png(fig)
+    titles = [f"{a.class_name} (n={a.n_examples})" for a in attributions]
+    fig = plots.attribution_grid([a.attribution for a in attributions], titles, method)
+    return plots.png_bytes(fig)
 
 
 def misclassified_grid_png(
@@ -322,34 +152,15 @@ def misclassified_grid_png(
         image_shape: the shape of one example as an image.
         class_names: one name per class.
     """
-    plt = _pyplot()
     shape = tuple(int(s) for s in image_shape)
-    if not errors:
-        fig, ax = plt.subplots(figsize=(4, 1.2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no misclassified test examples", ha="center", va="center")
-        return _png(fig)
-    cols = min(len(errors), 8)
-    rows = math.ceil(len(errors) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.9 * rows + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, err in zip(axes.ravel(), errors, strict=False):
-        img = x_raw[err.index].reshape(shape)
-        if img.ndim == 3 and img.shape[-1] == 1:
-            img = img[..., 0]
-        if img.ndim == 3:
-            img = (img - img.min()) / (np.ptp(img) or 1.0)
-            ax.imshow(img, interpolation="nearest")
-        else:
-            ax.imshow(img, cmap="gray_r", interpolation="nearest")
-        ax.set_title(
-            f"true {class_names[err.true_label]}\npred {class_names[err.predicted_label]} "
-            f"({err.confidence:.2f})",
-            fontsize=8,
-        )
-    fig.suptitle("Most confident mistakes on the test set", fontsize=10)
-    return _png(fig)
+    images = [x_raw[e.index].reshape(shape) for e in errors]
+    titles = [
+        f"true {class_names[e.true_label]}\npred {class_names[e.predicted_label]} "
+        f"({e.confidence:.2f})"
+        for e in errors
+    ]
+    fig = plots.image_grid(images, titles, "Most confident mistakes on the test set")
+    return plots.png_bytes(fig)
 
 
 def importance_chart_png(importances: Sequence[FeatureImportance]) -> bytes:
@@ -358,20 +169,12 @@ def importance_chart_png(importances: Sequence[FeatureImportance]) -> bytes:
     Args:
         importances: sorted most important first.
     """
-    plt = _pyplot()
-    shown = list(importances[:CHART_MAX_FEATURES])
-    fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(shown) + 1.2))
-    names = [f.feature for f in shown][::-1]
-    means = [f.importance_mean for f in shown][::-1]
-    stds = [f.importance_std for f in shown][::-1]
-    ax.barh(names, means, xerr=stds, color="#4472c4", ecolor="#333333")
-    ax.axvline(0.0, color="#999999", linewidth=0.8)
-    ax.set_xlabel("test accuracy lost when the feature is shuffled")
-    title = "Permutation feature importance"
-    if len(importances) > len(shown):
-        title += f" (top {len(shown)} of {len(importances)})"
-    ax.set_title(title, fontsize=10)
-    return _png(fig)
+    fig = plots.importance_chart(
+        [f.feature for f in importances],
+        [f.importance_mean for f in importances],
+        [f.importance_std for f in importances],
+    )
+    return plots.png_bytes(fig)
 
 
 @dataclass(frozen=True)
@@ -382,54 +185,33 @@ class Explanation:
     files: dict[str, bytes]
 
 
-def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> bytes:
-    import csv
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows([{c: r[c] for c in columns} for r in rows])
-    return buf.getvalue().encode("utf-8")
-
-
 def explain_test_set(
     model: Any,
     test: Mapping[str, np.ndarray],
+    probs: np.ndarray,
     meta: Mapping[str, Any],
-    params: EvaluateParams,
+    params: ExplainParams,
     seed: int,
 ) -> Explanation:
     """Attributions or importances, plus slice and per-class metrics, for the test split.
 
     Args:
-        model: a Keras model taking raw input and returning probabilities.
+        model: a Keras model taking raw input and returning probabilities (unused, and may be
+            None, when ``params.enabled`` is false).
         test: the arrays of ``test.npz`` (``x_raw``, ``y`` and any ``slice__<column>``).
+        probs: the model's class probabilities for the test rows (evaluate's hand-over).
         meta: ``data/processed/meta.json``.
-        params: the ``evaluate`` params section.
+        params: the ``explain`` params section.
         seed: seed for the permutation shuffles.
     """
-    import json
-
-    from nnops import slices as sl
-
     x_raw = np.asarray(test["x_raw"], dtype=np.float32)
     y = np.asarray(test["y"]).astype(np.int64)
-    n_classes = int(model.outputs[0].shape[-1])
-    class_names = [str(c) for c in meta.get("class_names") or range(n_classes)]
+    class_names = [str(c) for c in meta.get("class_names") or range(probs.shape[1])]
     chosen = sl.select_slices(sl.slice_arrays(test), params.slice_by)
-    probs = predict_proba(model, x_raw)
-    pred = probs.argmax(axis=1)
-    slice_rows = sl.slice_metrics(y, pred, chosen, params.slice_max_gap)
-    class_rows = sl.class_recalls(y, pred, class_names, params.slice_max_gap)
-    slice_summary = sl.summarize(y, pred, slice_rows, class_rows, params.slice_max_gap)
-    columns = ["column", "value", "support", "accuracy", "f1_macro", "gap", "flagged"]
-    files = {
-        "slices.json": (json.dumps(slice_summary, indent=2) + "\n").encode("utf-8"),
-        "slices.csv": _csv([m.to_dict() for m in [*slice_rows, *class_rows]], columns),
-    }
+    slice_summary, files = sl.slice_report(y, probs.argmax(axis=1), chosen, class_names, params)
     image_shape = meta.get("image_shape")
     summary: dict[str, Any] = {
-        "enabled": params.explain,
+        "enabled": params.enabled,
         "kind": "attribution" if image_shape else "permutation",
         "source": meta.get("source"),
         "n_test": int(len(y)),
@@ -438,27 +220,20 @@ def explain_test_set(
         "flagged_slices": len(slice_summary["flagged_slices"]),
         "flagged_classes": len(slice_summary["flagged_classes"]),
     }
-    if not params.explain:
+    if not params.enabled:
         summary["kind"] = "disabled"
     elif image_shape:
         attrs = class_attributions(
-            model,
-            x_raw,
-            y,
-            probs,
-            class_names,
-            image_shape,
-            params.explain_samples,
-            params.explain_method,
-            params.explain_steps,
-        )
-        errors = most_confident_errors(y, probs, params.explain_errors)
-        files["attributions.png"] = attribution_grid_png(attrs, params.explain_method)
+            model, x_raw, y, probs, class_names, image_shape,
+            params.samples, params.method, params.steps,
+        )  # fmt: skip
+        errors = most_confident_errors(y, probs, params.errors)
+        files["attributions.png"] = attribution_grid_png(attrs, params.method)
         files["misclassified.png"] = misclassified_grid_png(errors, x_raw, image_shape, class_names)
         files["attributions.npz"] = _npz([a.attribution for a in attrs])
         summary.update(
-            method=params.explain_method,
-            steps=params.explain_steps if params.explain_method == "integrated_gradients" else None,
+            method=params.method,
+            steps=params.steps if params.method == "integrated_gradients" else None,
             examples_per_class={a.class_name: a.n_examples for a in attrs},
             misclassified=[
                 {
@@ -472,14 +247,12 @@ def explain_test_set(
         )
     else:
         names = meta.get("feature_names") or [f"f{i}" for i in range(x_raw.shape[1])]
-        imps = permutation_importances(model, x_raw, y, names, params.explain_repeats, seed)
-        rows = [
-            {"rank": i + 1, **{k: getattr(f, k) for k in FeatureImportance.__dataclass_fields__}}
-            for i, f in enumerate(imps)
-        ]
+        imps = permutation_importances(model, x_raw, y, names, params.repeats, seed)
+        fields = list(FeatureImportance.__dataclass_fields__)
+        rows = [{"rank": i + 1, **{k: getattr(f, k) for k in fields}} for i, f in enumerate(imps)]
         files["importances.png"] = importance_chart_png(imps)
-        files["importances.csv"] = _csv(rows, ["rank", *FeatureImportance.__dataclass_fields__])
-        summary.update(method="permutation_importance", repeats=params.explain_repeats)
+        files["importances.csv"] = sl.csv_bytes(rows, ["rank", *fields])
+        summary.update(method="permutation_importance", repeats=params.repeats)
         summary["importances"] = rows
     summary["files"] = sorted([*files, "explain.json"])
     files["explain.json"] = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()
@@ -490,3 +263,97 @@ def _npz(maps: Sequence[np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, **{f"class_{i}": a for i, a in enumerate(maps)})
     return buf.getvalue()
+
+
+# --- File edges used by pipelines/explain.py ------------------------------------------------
+
+
+def read_test(path: str | Path, slice_by: Sequence[str]) -> dict[str, np.ndarray]:
+    """Read the arrays explain uses from ``test.npz`` (not the scaled copy ``x``), checking that
+    every ``explain.slice_by`` column is there before any heavy import.
+
+    Args:
+        path: the processed ``test.npz``.
+        slice_by: ``explain.slice_by``.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = ["x_raw", "y", *[k for k in npz.files if k.startswith(sl.SLICE_PREFIX)]]
+            missing = [k for k in keys[:2] if k not in npz.files]
+            if missing:
+                raise NnopsError(f"{path}: missing array(s) {', '.join(missing)}")
+            test = {k: npz[k] for k in keys}
+    except FileNotFoundError:
+        raise NnopsError(f"{path}: file not found (did the preprocess stage run?)") from None
+    except (OSError, ValueError) as exc:
+        raise NnopsError(f"{path}: cannot read ({exc})") from None
+    sl.select_slices(sl.slice_arrays(test), slice_by, str(path.parent))
+    return test
+
+
+def model_and_predictions(
+    model_path: str | Path,
+    predictions: str | Path,
+    test: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any],
+    enabled: bool,
+) -> tuple[Any, np.ndarray]:
+    """The model (None when explanations are off and not needed) and its test probabilities.
+
+    The probabilities are evaluate's hand-over when it was made from this model and data, so
+    the test split is scored once; otherwise (explain run on its own) they are computed here.
+
+    Args:
+        model_path: ``models/model.keras``.
+        predictions: ``reports/predictions.npz``.
+        test: the arrays from :func:`read_test`.
+        meta: ``data/processed/meta.json``.
+        enabled: ``explain.enabled``: attributions need the model.
+    """
+    if not Path(model_path).is_file():
+        raise NnopsError(f"{model_path}: model file not found (did the train stage run?)")
+    sha = file_sha256(model_path)
+    probs = read_predictions(predictions, sha, str(meta.get("data_hash", "")), len(test["y"]))
+    model = load_model(model_path) if enabled or probs is None else None
+    if probs is None:
+        log.info("%s absent or from another model: scoring the test split here", predictions)
+        probs = predict_proba(model, np.asarray(test["x_raw"], dtype=np.float32))
+    else:
+        log.info("test predictions from %s (model %s)", predictions, sha[:12])
+    return model, probs
+
+
+def load_model(path: str | Path) -> Any:
+    """Load the trained Keras model for inference (TensorFlow imported here, quietly).
+
+    Args:
+        path: ``models/model.keras``.
+    """
+    from nnops.distribute import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (OSError, ValueError) as exc:
+        raise NnopsError(f"{path}: cannot load the Keras model ({exc})") from None
+
+
+def write_files(out: str | Path, files: Mapping[str, bytes]) -> None:
+    """Write the explanation's files into ``out`` and remove files a previous run left there
+    (e.g. attribution grids from an image run before a csv run).
+
+    Args:
+        out: ``reports/explain``.
+        files: file name -> content.
+    """
+    out = Path(out)
+    for name, content in files.items():
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes(content)
+    for stale in out.iterdir():
+        if stale.is_file() and stale.name not in files:
+            stale.unlink()
+    log.info("wrote %s to %s", ", ".join(sorted(files)), out)

@@ -2,11 +2,15 @@
 
 A slice is every test row sharing one value of a slice column (csv sources: the
 ``slice__<column>`` arrays of ``data/processed``). A slice, or a class judged by its recall, is
-flagged when its accuracy falls below the overall accuracy by more than ``evaluate.slice_max_gap``.
+flagged when its accuracy falls below the overall accuracy by more than ``explain.slice_max_gap``.
+:func:`slice_report` turns them into the explain stage's ``slices.json`` and ``slices.csv``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -14,11 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from nnops.config import ExplainParams
 from nnops.errors import NnopsError
 
 log = logging.getLogger(__name__)
 
 SLICE_PREFIX = "slice__"
+# The columns of slices.csv, one row per slice value and per class.
+CSV_COLUMNS = ("column", "value", "support", "accuracy", "f1_macro", "gap", "flagged")
 
 
 @dataclass(frozen=True)
@@ -58,14 +65,14 @@ def select_slices(
 
     Args:
         available: slice arrays keyed by column name.
-        requested: the columns of ``evaluate.slice_by``.
+        requested: the columns of ``explain.slice_by``.
         source: where the arrays came from, for the error message.
     """
     missing = [c for c in requested if c not in available]
     if missing:
         have = ", ".join(sorted(available)) or "none"
         raise NnopsError(
-            f"evaluate.slice_by: column(s) {', '.join(map(repr, missing))} not found in {source} "
+            f"explain.slice_by: column(s) {', '.join(map(repr, missing))} not found in {source} "
             f"(available slice columns: {have}); slice columns come from csv columns listed in "
             "data.exclude_columns"
         )
@@ -181,3 +188,44 @@ def summarize(
         "flagged_slices": [m.to_dict() for m in slices if m.flagged],
         "flagged_classes": [m.to_dict() for m in classes if m.flagged],
     }
+
+
+def csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
+    """Render rows as CSV text (a header, then one line per row) in UTF-8.
+
+    Args:
+        rows: the rows, each holding at least ``columns``.
+        columns: the columns, in order.
+    """
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{c: r[c] for c in columns} for r in rows])
+    return buf.getvalue().encode("utf-8")
+
+
+def slice_report(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    chosen: Mapping[str, np.ndarray],
+    class_names: Sequence[str],
+    params: ExplainParams,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Slice and per-class metrics of the test set: the summary and the files ``slices.json``
+    and ``slices.csv``.
+
+    Args:
+        y_true: true class indices.
+        y_pred: predicted class indices.
+        chosen: the slice columns of ``explain.slice_by`` (from :func:`select_slices`).
+        class_names: one name per class index.
+        params: the ``explain`` params section.
+    """
+    slice_rows = slice_metrics(y_true, y_pred, chosen, params.slice_max_gap)
+    class_rows = class_recalls(y_true, y_pred, class_names, params.slice_max_gap)
+    summary = summarize(y_true, y_pred, slice_rows, class_rows, params.slice_max_gap)
+    files = {
+        "slices.json": (json.dumps(summary, indent=2) + "\n").encode("utf-8"),
+        "slices.csv": csv_bytes([m.to_dict() for m in [*slice_rows, *class_rows]], CSV_COLUMNS),
+    }
+    return summary, files

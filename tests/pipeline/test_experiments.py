@@ -29,7 +29,7 @@ METRIC = "reports/metrics.json:test.accuracy"
 # (an experiment identical to its baseline reruns nothing and shares the baseline's run).
 BASELINE_PARAMS = {
     "train": {"epochs": 2, "batch_size": 64},
-    "evaluate": {"explain_samples": 10},
+    "explain": {"samples": 10},
     "register": {"min_test_accuracy": 0.5, "require_good_fit": False},
 }
 

@@ -38,6 +38,18 @@ def test_default_run_draws_both_grids_and_the_report(reproduced_project: Path):
     assert "importances.png" not in summary["files"]
     slices = json.loads((explain / "slices.json").read_text())
     assert len(slices["classes"]) == 10 and slices["slices"] == []
+    # explain took evaluate's test probabilities (made from this model) instead of rescoring
+    from nnops.catalog import file_sha256
+
+    with np.load(root / "reports" / "predictions.npz") as npz:
+        assert str(npz["model_sha256"]) == file_sha256(root / "models" / "model.keras")
+        predicted = npz["proba"].argmax(axis=1)
+    with np.load(root / "data" / "processed" / "test.npz") as npz:
+        accuracy = float((predicted == npz["y"]).mean())
+    assert slices["overall"]["accuracy"] == pytest.approx(accuracy)
+    assert json.loads((root / "reports" / "metrics.json").read_text())["test"]["accuracy"] == (
+        pytest.approx(accuracy)
+    )
 
     html = (root / "reports" / "report.html").read_text()
     md = (root / "reports" / "report.md").read_text()
@@ -89,12 +101,12 @@ def csv_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data": {"source": "csv", "path": "table.csv", "label_column": "target",
                  "exclude_columns": ["region"]},
         "train": {"epochs": 15},
-        "evaluate": {"explain_repeats": 3},
+        "explain": {"repeats": 3},
         "register": {"min_test_accuracy": 0.3, "require_good_fit": False},
     }  # fmt: skip
     make_project(root, params)
     # An uncommitted change, as an experiment makes: the report lists it against the commit.
-    set_params(root, {"evaluate": {"slice_by": ["region"]}})
+    set_params(root, {"explain": {"slice_by": ["region"]}})
     dvc("repro", cwd=root)
     return root
 
@@ -124,16 +136,16 @@ def test_csv_run_ranks_features_and_flags_the_noisy_slice(csv_project: Path):
     assert 'alt="feature importances" src="data:image/png;base64,' in html
     assert "attribution grid" not in html
     assert "| region | south |" in md
-    assert "| `evaluate.slice_by` | [] | region |" in md
+    assert "| `explain.slice_by` | [] | region |" in md
 
 
 def test_explain_params_rerun_only_explain_and_report(csv_project: Path):
-    set_params(csv_project, {"evaluate": {"explain_repeats": 2, "slice_max_gap": 0.1}})
+    set_params(csv_project, {"explain": {"repeats": 2, "slice_max_gap": 0.1}})
     try:
         status = json.loads(dvc("status", "--json", cwd=csv_project).stdout)
         assert sorted(status) == ["explain", "report"]
     finally:
-        set_params(csv_project, {"evaluate": {"explain_repeats": 3, "slice_max_gap": 0.05}})
+        set_params(csv_project, {"explain": {"repeats": 3, "slice_max_gap": 0.05}})
     assert json.loads(dvc("status", "--json", cwd=csv_project).stdout) == {}
 
 
@@ -141,7 +153,7 @@ def test_bad_slice_column_fails_before_touching_outputs(csv_project: Path, tmp_p
     before = {p.name: p.read_bytes() for p in (csv_project / "reports" / "explain").iterdir()}
     params = tmp_path / "params.yaml"
     params.write_text((csv_project / "params.yaml").read_text())
-    set_params(tmp_path, {"evaluate": {"slice_by": ["regoin"]}})
+    set_params(tmp_path, {"explain": {"slice_by": ["regoin"]}})
     proc = run(
         [sys.executable, "pipelines/explain.py", "--params", str(params)],
         cwd=csv_project,
@@ -149,20 +161,20 @@ def test_bad_slice_column_fails_before_touching_outputs(csv_project: Path, tmp_p
         check=False,
     )
     assert proc.returncode == 2
-    assert "explain: error: evaluate.slice_by: column(s) 'regoin' not found" in proc.stderr
+    assert "explain: error: explain.slice_by: column(s) 'regoin' not found" in proc.stderr
     assert "available slice columns: region" in proc.stderr
     after = {p.name: p.read_bytes() for p in (csv_project / "reports" / "explain").iterdir()}
     assert after == before
 
 
 def test_bad_slice_column_stops_dvc_repro(csv_project: Path):
-    set_params(csv_project, {"evaluate": {"slice_by": ["region", "colour"]}})
+    set_params(csv_project, {"explain": {"slice_by": ["region", "colour"]}})
     try:
         proc = dvc("repro", cwd=csv_project, check=False)
         assert proc.returncode != 0
         assert "'colour' not found" in proc.stderr + proc.stdout
     finally:
-        set_params(csv_project, {"evaluate": {"slice_by": ["region"]}})
+        set_params(csv_project, {"explain": {"slice_by": ["region"]}})
 
 
 def test_unreadable_model_is_named(csv_project: Path, tmp_path: Path):

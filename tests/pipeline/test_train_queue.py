@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 
 BASELINE = {
     "train": {"epochs": 2},
-    "evaluate": {"explain_samples": 10},
+    "explain": {"samples": 10},
     "register": {"min_test_accuracy": 0.5, "require_good_fit": False},
 }
 

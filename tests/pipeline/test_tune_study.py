@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 
 PARAMS = {
     "train": {"epochs": 2},
-    "evaluate": {"explain_samples": 10},
+    "explain": {"samples": 10},
     "register": {"min_test_accuracy": 0.5, "require_good_fit": False},
     "tune": {"startup_trials": 2, "heartbeat_s": 2, "stale_after_s": 5},
 }

@@ -145,6 +145,21 @@ def test_unknown_key_suggests_the_closest(raw: dict, expected: str):
     assert expected in error_of(raw)
 
 
+def test_keys_moved_to_the_explain_section_name_their_new_place():
+    """A params.yaml from before the explain section: one line per old key, naming its new key."""
+    raw = copy.deepcopy(REPO_RAW)
+    explain = raw.pop("explain")
+    raw["evaluate"].update(explain=explain["enabled"], explain_samples=explain["samples"])
+    raw["evaluate"]["slice_by"] = explain["slice_by"]
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    lines = str(err.value).splitlines()[1:]
+    assert "  evaluate.explain: moved to explain.enabled" in lines
+    assert "  evaluate.explain_samples: moved to explain.samples" in lines
+    assert "  evaluate.slice_by: moved to explain.slice_by" in lines
+    assert "  explain: required key is missing" in lines
+
+
 def test_unknown_key_lists_the_allowed_keys():
     message = error_of({"split": {"sed": 1}})
     assert "allowed here: seed, test_fraction, val_fraction" in message

@@ -7,7 +7,15 @@ import pytest
 
 from conftest import section
 from nnops.config import HiddenLayer
-from nnops.diagnose import ACTIONS, GOOD_FIT, OVERFITTING, UNDERFITTING, diagnose, epoch_evidence
+from nnops.diagnose import (
+    ACTIONS,
+    GOOD_FIT,
+    OVERFITTING,
+    UNDERFITTING,
+    diagnose,
+    epoch_evidence,
+    restored_epoch,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -22,6 +30,18 @@ T = section(
 
 def scores(acc: float, loss: float) -> dict[str, float]:
     return {"accuracy": acc, "loss": loss}
+
+
+def test_restored_epoch_only_when_early_stopping_restored_the_best_weights():
+    assert restored_epoch({"best_epoch": 4, "restored_best_weights": True}) == 4
+    assert restored_epoch({"best_epoch": 4, "restored_best_weights": False}) is None
+    assert restored_epoch({"best_epoch": None, "restored_best_weights": True}) is None
+    assert restored_epoch({}) is None  # no summary.json: the model holds the last epoch
+
+
+def test_tags_carry_the_verdict_and_action_under_fixed_names():
+    d = diagnose(scores(0.6, 1.2), scores(0.4, 1.6), None, T)
+    assert d.tags() == {"fit": "underfitting", "fit.action": ACTIONS[UNDERFITTING]}
 
 
 def test_low_training_accuracy_is_underfitting_even_with_a_gap():

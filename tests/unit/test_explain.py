@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import section
-from nnops import explain
+from nnops import attribution, explain
 from nnops.errors import NnopsError
 from nnops.scoring import predict_proba
 
@@ -65,7 +65,7 @@ def test_attribution_puts_the_informative_pixels_on_top(image_case, method):
     model, x, y = image_case
     assert _accuracy(model, x, y) > 0.85  # the check below means nothing for a model that failed
     probs = predict_proba(model, x)
-    attrs = explain.class_attributions(
+    attrs = attribution.class_attributions(
         model, x, y, probs, ["a", "b", "c"], [4, 4], samples=60, method=method, steps=24
     )
     assert [a.attribution.shape for a in attrs] == [(4, 4)] * 3
@@ -82,7 +82,7 @@ def test_integrated_gradients_add_up_to_the_change_in_output(image_case):
     model, x, y = image_case
     rows = x[:20]
     target = predict_proba(model, rows).argmax(1).astype(np.int32)
-    attr = explain.integrated_gradients(model, rows, target, steps=128, chunk_rows=1000)
+    attr = attribution.integrated_gradients(model, rows, target, steps=128, chunk_rows=1000)
     f_x = predict_proba(model, rows)[np.arange(20), target]
     f_0 = predict_proba(model, np.zeros_like(rows))[np.arange(20), target]
     np.testing.assert_allclose(attr.sum(axis=1), f_x - f_0, atol=0.02)
@@ -91,8 +91,8 @@ def test_integrated_gradients_add_up_to_the_change_in_output(image_case):
 def test_integrated_gradients_do_not_depend_on_chunking(image_case):
     model, x, _ = image_case
     target = np.zeros(7, np.int32)
-    a = explain.integrated_gradients(model, x[:7], target, steps=8, chunk_rows=8)
-    b = explain.integrated_gradients(model, x[:7], target, steps=8, chunk_rows=10_000)
+    a = attribution.integrated_gradients(model, x[:7], target, steps=8, chunk_rows=8)
+    b = attribution.integrated_gradients(model, x[:7], target, steps=8, chunk_rows=10_000)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -137,7 +137,7 @@ def test_image_shape_must_match_the_features(image_case):
     model, x, y = image_case
     probs = predict_proba(model, x)
     with pytest.raises(NnopsError, match=r"image_shape \[5, 5\] holds 25 values"):
-        explain.class_attributions(model, x, y, probs, "abc", [5, 5], 5, "gradient_x_input", 1)
+        attribution.class_attributions(model, x, y, probs, "abc", [5, 5], 5, "gradient_x_input", 1)
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -151,8 +151,9 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def test_explain_test_set_for_images_writes_both_grids(image_case):
     model, x, y = image_case
     meta = {"source": "npz", "class_names": ["a", "b", "c"], "image_shape": [4, 4]}
-    params = section("evaluate", explain_samples=10, explain_steps=8, explain_errors=4)
-    result = explain.explain_test_set(model, {"x_raw": x, "y": y}, meta, params, seed=0)
+    params = section("explain", samples=10, steps=8, errors=4)
+    probs = predict_proba(model, x)
+    result = explain.explain_test_set(model, {"x_raw": x, "y": y}, probs, meta, params, seed=0)
     assert set(result.files) >= {"attributions.png", "misclassified.png", "slices.json"}
     assert "importances.png" not in result.files
     for name in ("attributions.png", "misclassified.png"):
@@ -175,8 +176,8 @@ def test_explain_test_set_for_tables_ranks_features_and_slices(table_case):
         "image_shape": None,
         "feature_names": [f"col{i}" for i in range(8)],
     }
-    params = section("evaluate", slice_by=("group",), explain_repeats=2)
-    result = explain.explain_test_set(model, test, meta, params, seed=0)
+    params = section("explain", slice_by=("group",), repeats=2)
+    result = explain.explain_test_set(model, test, predict_proba(model, x), meta, params, seed=0)
     assert {"importances.png", "importances.csv", "slices.csv"} <= set(result.files)
     assert "attributions.png" not in result.files
     table = result.files["importances.csv"].decode().splitlines()
@@ -187,18 +188,33 @@ def test_explain_test_set_for_tables_ranks_features_and_slices(table_case):
     assert "group,even," in slices_csv and "group,odd," in slices_csv
 
 
-def test_explain_disabled_still_reports_slices(table_case):
+def test_explain_disabled_still_reports_slices_without_the_model(table_case):
     model, x, y = table_case
     meta = {"class_names": ["p", "q", "r"], "image_shape": None}
-    params = section("evaluate", explain=False)
-    result = explain.explain_test_set(model, {"x_raw": x, "y": y}, meta, params, seed=0)
+    params = section("explain", enabled=False)
+    probs = predict_proba(model, x)  # evaluate's hand-over: the model itself is not needed
+    result = explain.explain_test_set(None, {"x_raw": x, "y": y}, probs, meta, params, seed=0)
     assert result.summary["kind"] == "disabled"
     assert set(result.files) == {"explain.json", "slices.json", "slices.csv"}
+    accuracy = float((probs.argmax(axis=1) == y).mean())
+    assert result.summary["test_accuracy"] == pytest.approx(accuracy)
 
 
 def test_explain_test_set_names_a_missing_slice_column(table_case):
     model, x, y = table_case
     test = {"x_raw": x, "y": y, "slice__region": np.array(["n"] * len(x))}
-    params = section("evaluate", slice_by=("regoin",))
+    params = section("explain", slice_by=("regoin",))
+    probs = predict_proba(model, x)
     with pytest.raises(NnopsError, match=r"'regoin' not found.*available slice columns: region"):
-        explain.explain_test_set(model, test, {"image_shape": None}, params, seed=0)
+        explain.explain_test_set(model, test, probs, {"image_shape": None}, params, seed=0)
+
+
+def test_read_test_skips_the_scaled_copy_and_checks_slice_columns(tmp_path):
+    path = tmp_path / "test.npz"
+    x = np.ones((3, 2), np.float32)
+    np.savez(path, x_raw=x, x=x / 2, y=np.arange(3), slice__region=np.array(["n", "s", "n"]))
+    assert sorted(explain.read_test(path, ["region"])) == ["slice__region", "x_raw", "y"]
+    with pytest.raises(NnopsError, match=r"explain.slice_by: column\(s\) 'city' not found"):
+        explain.read_test(path, ["city"])
+    with pytest.raises(NnopsError, match="absent.npz: file not found"):
+        explain.read_test(tmp_path / "absent.npz", [])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import re
 import subprocess
 import sys
@@ -169,11 +168,11 @@ print("heavy:", heavy)
 
 
 def test_params_diff_lists_only_changed_keys():
-    changed = _params({"train": {"epochs": 3}, "evaluate": {"slice_by": ["a"]}})
+    changed = _params({"train": {"epochs": 3}, "explain": {"slice_by": ["a"]}})
     rows = rp.params_diff(changed, repo_params())
     committed = repo_params()
     assert rows == [
-        {"key": "evaluate.slice_by", "default": list(committed.evaluate.slice_by), "value": ["a"]},
+        {"key": "explain.slice_by", "default": list(committed.explain.slice_by), "value": ["a"]},
         {"key": "train.epochs", "default": committed.train.epochs, "value": 3},
     ]
     assert rp.params_diff(repo_params(), repo_params()) == []
@@ -240,21 +239,3 @@ def test_markdown_summary_for_ci():
     assert "| class | zero&lt;b&gt; | 10 | 0.7000 | 0.1500 |" in md
     assert "version 4, alias @champion" in md
     assert "<img" not in md
-
-
-def test_history_reader_reads_gaps_as_nan_and_names_a_bad_cell(tmp_path):
-    from nnops.catalog import read_history
-    from nnops.errors import NnopsError
-
-    path = tmp_path / "history.csv"
-    path.write_text("epoch,loss\n1,0.5\n2,oops\n")
-    with pytest.raises(
-        NnopsError, match=r"history.csv: non-numeric value 'oops' in column 'loss' \(line 3\)"
-    ):
-        read_history(path)
-    path.write_text("epoch,loss,val_loss\n1,0.5,\n2,0.25,0.3\n")
-    columns = read_history(path)
-    assert columns["epoch"] == [1.0, 2.0] and columns["loss"] == [0.5, 0.25]
-    assert math.isnan(columns["val_loss"][0]) and columns["val_loss"][1] == 0.3
-    with pytest.raises(NnopsError, match="absent.csv: file not found"):
-        read_history(tmp_path / "absent.csv")

@@ -99,3 +99,23 @@ def test_summary_lists_flagged_rows():
     assert [r["value"] for r in summary["flagged_slices"]] == ["south"]
     # class 0 recall 3/5 = 0.6 (gap 0.1, flagged); class 1 recall 4/5 = 0.8
     assert [r["value"] for r in summary["flagged_classes"]] == ["n"]
+
+
+def test_slice_report_writes_the_json_and_csv_explain_publishes():
+    import csv
+    import io
+    import json
+
+    from conftest import section
+
+    params = section("explain", slice_by=("region",), slice_max_gap=0.05)
+    summary, files = slices.slice_report(Y_TRUE, Y_PRED, {"region": REGION}, ["n", "p"], params)
+    assert json.loads(files["slices.json"]) == json.loads(json.dumps(summary))
+    rows = list(csv.DictReader(io.StringIO(files["slices.csv"].decode())))
+    assert list(rows[0]) == list(slices.CSV_COLUMNS)
+    assert [(r["column"], r["value"], r["flagged"]) for r in rows] == [
+        ("region", "south", "True"),
+        ("region", "north", "False"),
+        ("class", "n", "True"),
+        ("class", "p", "False"),
+    ]
