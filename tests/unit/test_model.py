@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import section
 from nnops.config import HiddenLayer
+from nnops.distribute import Runtime
 from nnops.errors import NnopsError
-
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
-
-from nnops.distribute import Runtime  # noqa: E402
-from nnops.model import build_model, compile_model, make_optimizer, preprocessing_layer  # noqa: E402
-from nnops.train import TrainData, best_epoch, check_preprocessing, epoch_batches, fit  # noqa: E402
+from nnops.loops import epoch_batches
+from nnops.model import build_model, compile_model, make_optimizer, preprocessing_layer
+from nnops.train import TrainData, best_epoch, fit
+from nnops.train_data import check_preprocessing
 
 pytestmark = pytest.mark.unit
 
