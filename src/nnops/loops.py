@@ -29,6 +29,24 @@ from nnops.config import TrainParams
 from nnops.distribute import Runtime
 
 EVAL_ROWS = 4096  # validation rows per compiled call of the in-graph loop
+# XLA compiles the in-graph training steps in about 2 s on a CPU and then runs each step in about
+# half the time; below this many planned steps (epochs x steps per epoch) it does not pay.
+XLA_MIN_STEPS = 4000
+
+
+def use_xla(jit_compile: bool | str, planned_steps: int) -> bool:
+    """Whether the in-graph loop compiles its steps with XLA.
+
+    It depends on the planned run only (never on the epochs left), so a resumed run computes
+    exactly as the uninterrupted one.
+
+    Args:
+        jit_compile: ``True``, ``False`` or ``"auto"`` (XLA from ``XLA_MIN_STEPS`` planned steps).
+        planned_steps: ``train.epochs`` times the steps of one epoch.
+    """
+    if jit_compile == "auto":
+        return planned_steps >= XLA_MIN_STEPS
+    return bool(jit_compile)
 
 
 def epoch_batches(
@@ -189,6 +207,7 @@ def in_graph_loop(
     params: TrainParams,
     spe: int,
     callbacks: list[keras.callbacks.Callback],
+    jit_compile: bool = False,
 ) -> None:
     """Single-device loop with no input pipeline: batches are sliced inside the compiled loop.
 
@@ -202,18 +221,25 @@ def in_graph_loop(
         params: the ``train`` params section.
         spe: steps per compiled call.
         callbacks: the run's callbacks.
+        jit_compile: compile the training steps with XLA, which fuses each step's many small
+            ops (the optimizer's above all) into a few kernels (see ``use_xla``).
     """
     n, bs = len(data.x_train), params.batch_size
     full, tail = divmod(n, bs)
     xs, ys = tf.constant(data.x_train), tf.constant(data.y_train)
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def train_steps(perm: tf.Tensor, first: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
-        totals = tf.zeros([3])
-        for i in tf.range(first, first + count):
+        # An explicit while loop: XLA would take the bounds of a `for ... in tf.range` loop as
+        # constants and compile once per distinct (first, count).
+        def body(i: tf.Tensor, totals: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             idx = tf.slice(perm, [i * bs], [bs])
             size = tf.constant(bs, tf.float32)
-            totals += _step(model, tf.gather(xs, idx), tf.gather(ys, idx), size, True, 1)
+            out = _step(model, tf.gather(xs, idx), tf.gather(ys, idx), size, True, 1)
+            return i + 1, totals + out
+
+        last = first + count
+        _, totals = tf.while_loop(lambda i, _: i < last, body, (first, tf.zeros([3])))
         return totals
 
     @tf.function

@@ -28,7 +28,7 @@ from nnops import catalog
 from nnops.callbacks import HISTORY_KEYS, Backup, EpochHistory, EpochOrder, EpochSink, EpochSinkFn
 from nnops.config import Params, TrainParams
 from nnops.distribute import Runtime
-from nnops.loops import distributed_loop, in_graph_loop, keras_fit_loop
+from nnops.loops import distributed_loop, in_graph_loop, keras_fit_loop, use_xla
 from nnops.model import build_model, compile_model, steps_per_epoch
 from nnops.train_data import TrainData
 
@@ -103,11 +103,15 @@ def fit(
         backup_dir: where to back up each epoch (``None``: no backup, no resume).
         callbacks: extra Keras callbacks, called after the built-in ones each epoch.
         on_epoch: called after those with each finished epoch's number and record.
-        jit_compile: XLA compilation for ``Model.fit`` (single-device only).
+        jit_compile: XLA compilation on one device: ``Model.fit``'s setting, and for the
+            in-graph loop ``True``, ``False`` or ``"auto"`` (``loops.use_xla``).
     """
     n_features = int(data.x_train.shape[1])
     steps = steps_per_epoch(len(data.x_train), params.batch_size)
     spe = effective_steps_per_execution(params, runtime, steps)
+    # Model.fit's XLA setting; the in-graph loop decides for itself (loops.use_xla).
+    keras_jit = "auto" if params.input_pipeline == "in_graph" else jit_compile
+    keras_jit = keras_jit if runtime.kind == "none" else False
     with runtime.strategy.scope():
         model = build_model(
             params, n_features, data.n_classes, data.preprocessing, params.mixed_precision
@@ -117,7 +121,7 @@ def fit(
             params,
             steps,
             steps_per_execution=spe if runtime.kind == "none" else 1,
-            jit_compile=jit_compile if runtime.kind == "none" else False,
+            jit_compile=keras_jit,
             mixed_precision=params.mixed_precision,
         )
         # Optimizer slots created inside a replicated loop break it: create them up front.
@@ -142,7 +146,8 @@ def fit(
         own.append(Backup(backup_dir, steps, history, early))
     all_callbacks = [*own, *callbacks, EpochSink(history, on_epoch)]
     if runtime.kind == "none" and params.input_pipeline == "in_graph":
-        in_graph_loop(model, data, params, spe, all_callbacks)
+        xla = use_xla(jit_compile, params.epochs * steps)
+        in_graph_loop(model, data, params, spe, all_callbacks, xla)
     elif runtime.kind == "none":
         keras_fit_loop(model, data, params, epoch, all_callbacks)
     else:
