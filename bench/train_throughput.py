@@ -4,9 +4,12 @@ Both train the same network (Dense 64 relu, Dense 64 relu, Dense 10 softmax; ada
 5 epochs) on the same generated 60,000 x 784 images with 10 classes. The textbook side is exactly
 ``model.fit(x_train, y_train, epochs=5)`` on pixels scaled to [0, 1]; the stage side is
 ``nnops.train.fit`` under the stage's runtime setup with the train params of params.yaml (raw
-pixels with Rescaling inside the model, ``steps_per_execution``, the tf.data pipeline). Each side
+pixels with Rescaling inside the model, the in-graph loop, XLA for a run this long). Each side
 runs in a fresh Python process, the two alternating, so neither inherits the other's warm-up or
-TensorFlow settings. Prints both times (medians over repeats), the ratio and the accuracies.
+TensorFlow settings. Prints both times (medians over repeats), the ratio and the accuracies, and
+how close each side comes to the hardware: the MLP's forward and backward FLOPs per sample times
+the samples trained per second, against the rate of a large float32 matmul timed with the same
+TensorFlow in the same process.
 
     python bench/train_throughput.py [--repeats 3] [--params params.yaml]
 """
@@ -40,6 +43,38 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     y = rng.integers(0, 10, size=n)
     x = prototypes[y] + rng.normal(0, 255, size=(n, 784))
     return np.clip(x, 0, 255).astype("float32"), y.astype("int64")
+
+
+LAYERS = (784, 64, 64, 10)
+PEAK_N = 2048  # the matmul that stands for the machine's peak: (N x N) @ (N x N), float32
+
+
+def mlp_flops_per_sample(layers: tuple[int, ...] = LAYERS) -> int:
+    """Matmul FLOPs of one training example through the MLP, forward and backward.
+
+    Forward: ``2 * in * out`` per layer. Backward: the weight gradient of every layer (the same
+    again) and the input gradient of every layer but the first (nothing needs the input's).
+    Biases, activations, softmax and the optimizer are elementwise and left out.
+    """
+    pairs = list(zip(layers[:-1], layers[1:], strict=True))
+    weights = sum(2 * a * b for a, b in pairs)
+    inputs = sum(2 * a * b for a, b in pairs[1:])
+    return 2 * weights + inputs
+
+
+def matmul_peak(n: int = PEAK_N, repeats: int = 5) -> float:
+    """GFLOP/s of the fastest of ``repeats`` float32 ``(n x n) @ (n x n)`` matmuls in TensorFlow."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_uniform([n, n], seed=[1, 2])
+    b = tf.random.stateless_uniform([n, n], seed=[3, 4])
+    tf.linalg.matmul(a, b).numpy()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
 def textbook(x, y, x_test, y_test, epochs: int) -> dict[str, float]:
@@ -98,6 +133,8 @@ def run_side(args: argparse.Namespace) -> None:
     import keras
     import tensorflow as tf
 
+    out["gflops"] = mlp_flops_per_sample() * args.samples * args.epochs / out["seconds"] / 1e9
+    out["peak_gflops"] = matmul_peak()
     out.update(tensorflow=tf.__version__, keras=keras.__version__)
     print("RESULT " + json.dumps(out))
 
@@ -148,6 +185,17 @@ def main() -> None:
         )
     ratio = med("textbook", "seconds") / med("stage", "seconds")
     print(f"speed-up: {ratio:.2f}x (textbook time / stage time)")
+    gap = med("stage", "test") - med("textbook", "test")
+    print(f"test accuracy, stage minus textbook: {gap:+.4f}")
+    flops = mlp_flops_per_sample()
+    peak = statistics.median(r["peak_gflops"] for side in rows for r in rows[side])
+    print(
+        f"hardware: {flops / 1e3:.1f} kFLOP per sample (forward + backward matmuls); "
+        f"float32 matmul peak {peak:.1f} GFLOP/s ({PEAK_N}x{PEAK_N}, same TensorFlow, same runs)"
+    )
+    for side in ("textbook", "stage"):
+        achieved = med(side, "gflops")
+        print(f"  {side:9s} achieved {achieved:6.2f} GFLOP/s = {achieved / peak:.1%} of the peak")
 
 
 if __name__ == "__main__":

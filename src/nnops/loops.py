@@ -228,7 +228,8 @@ def in_graph_loop(
     full, tail = divmod(n, bs)
     xs, ys = tf.constant(data.x_train), tf.constant(data.y_train)
 
-    @tf.function(jit_compile=jit_compile)
+    # No autograph: the loop is an explicit tf.while_loop, and converting costs about a second.
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def train_steps(perm: tf.Tensor, first: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
         # An explicit while loop: XLA would take the bounds of a `for ... in tf.range` loop as
         # constants and compile once per distinct (first, count).
@@ -242,12 +243,12 @@ def in_graph_loop(
         _, totals = tf.while_loop(lambda i, _: i < last, body, (first, tf.zeros([3])))
         return totals
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_batch(idx: tf.Tensor) -> tf.Tensor:
         size = tf.cast(tf.size(idx), tf.float32)
         return _step(model, tf.gather(xs, idx), tf.gather(ys, idx), size, True, 1)
 
-    @tf.function
+    @tf.function(autograph=False)
     def evaluate(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return _step(model, x, y, tf.cast(tf.shape(y)[0], tf.float32), False, 1)
 

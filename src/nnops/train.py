@@ -50,23 +50,28 @@ class TrainResult:
     best_epoch: int | None = None
 
 
-def effective_steps_per_execution(params: TrainParams, runtime: Runtime, steps: int) -> int:
+def effective_steps_per_execution(
+    params: TrainParams, runtime: Runtime, steps: int, xla: bool = False
+) -> int:
     """Return how many batches run per call into TensorFlow, logging when it differs from params.
 
-    ``model.fit`` takes ``train.steps_per_execution`` (it fails with more than one replica, which
-    is why the distributed modes use the custom loop). The custom loop runs a whole epoch per call.
+    ``model.fit`` and the in-graph loop take ``train.steps_per_execution`` (``model.fit`` fails
+    with it above one on more than one replica, which is why the distributed modes use the custom
+    loop). The custom loop, and the in-graph loop under XLA, run a whole epoch per call.
 
     Args:
         params: the ``train`` params section.
         runtime: the strategy in use.
         steps: optimizer steps per epoch.
+        xla: whether the in-graph loop is compiled with XLA (``loops.use_xla``).
     """
-    if runtime.kind == "none":
+    if runtime.kind == "none" and not (xla and params.input_pipeline == "in_graph"):
         return params.steps_per_execution
+    what = f"train.distribute={runtime.kind}" if runtime.kind != "none" else "the XLA-compiled"
     log.info(
-        "train.distribute=%s: the custom training loop runs all %d steps of an epoch in one call "
-        "(train.steps_per_execution=%d applies to model.fit only)",
-        runtime.kind,
+        "%s: the training loop runs all %d steps of an epoch in one call "
+        "(train.steps_per_execution=%d applies to the other loops)",
+        what,
         steps,
         params.steps_per_execution,
     )
@@ -108,7 +113,8 @@ def fit(
     """
     n_features = int(data.x_train.shape[1])
     steps = steps_per_epoch(len(data.x_train), params.batch_size)
-    spe = effective_steps_per_execution(params, runtime, steps)
+    xla = use_xla(jit_compile, params.epochs * steps)
+    spe = effective_steps_per_execution(params, runtime, steps, xla)
     # Model.fit's XLA setting; the in-graph loop decides for itself (loops.use_xla).
     keras_jit = "auto" if params.input_pipeline == "in_graph" else jit_compile
     keras_jit = keras_jit if runtime.kind == "none" else False
@@ -146,7 +152,6 @@ def fit(
         own.append(Backup(backup_dir, steps, history, early))
     all_callbacks = [*own, *callbacks, EpochSink(history, on_epoch)]
     if runtime.kind == "none" and params.input_pipeline == "in_graph":
-        xla = use_xla(jit_compile, params.epochs * steps)
         in_graph_loop(model, data, params, spe, all_callbacks, xla)
     elif runtime.kind == "none":
         keras_fit_loop(model, data, params, epoch, all_callbacks)
