@@ -67,10 +67,10 @@ def run_grid(root: Path) -> tuple[float, int, float, int]:
     data_dir = str(root / "data/processed")
     setup, _ = begin(Setup(params, tune, storage_url(tune, root), uri, data_dir))
     distribute.import_tensorflow()
-    from nnops import train
+    from nnops.train_data import load_processed
     from nnops.tune_trial import run_trial
 
-    data, _, _ = train.load_processed(setup.data_dir)
+    data, _, _ = load_processed(setup.data_dir)
     runtime = distribute.configure_runtime(params.train)
     points = len(list(itertools.product(*SPACE.values())))
     study = optuna.load_study(

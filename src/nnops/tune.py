@@ -2,7 +2,7 @@
 
 Each trial samples the space in ``tune.space`` (TPE, seeded), builds its ``train`` section with
 ``tune_space.apply`` and trains through the pipeline's own ``train.fit`` on the train split of
-``data/processed``, scored on the validation split (``train.load_processed`` never opens the test
+``data/processed``, scored on the validation split (``load_processed`` never opens the test
 split). A Keras callback reports the metric every epoch so the pruner can stop weak trials. The
 study lives in an RDB (``optuna.db`` beside ``mlflow.db`` unless ``tune.storage`` names one), so a
 killed study resumes and several processes or machines share it. The run ends by writing

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nnops.tracking import EpochLogger, RunInfo, experiment_id, store_lock
+from nnops.tracking import RunInfo, experiment_id, store_lock
+from nnops.training_run import EpochLogger
 
 log = logging.getLogger(__name__)
 

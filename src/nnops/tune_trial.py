@@ -124,8 +124,8 @@ def run_trial(trial: Any, setup: Setup, data: Any, runtime: Any, parent: Any) ->
             if p.deterministic:
                 keras.utils.set_random_seed(p.seed)
             watch = _epoch_callback(trial, tune.metric, report=i == 0)
-            sinks = [watch, train.EpochSink(run.epochs)] if i == 0 else [watch]
-            _, result = train.fit(fold, p, runtime, None, sinks)
+            sinks = [run.epochs] if i == 0 else []
+            _, result = train.fit(fold, p, runtime, None, [watch], on_epoch=sinks)
             epochs += len(result.history)
             if watch.nan_epoch:
                 raise NnopsError(f"loss is not finite at epoch {watch.nan_epoch} (fold {i + 1})")
@@ -176,12 +176,12 @@ def work(setup: Setup, n_trials: int, worker: int, seed_offset: int) -> None:
         quiet_environment()
         configure_logging()
     distribute.import_tensorflow()
-    from nnops import train
+    from nnops.train_data import check_preprocessing, load_processed
 
-    data, _, x_pre = train.load_processed(setup.data_dir)
+    data, _, x_pre = load_processed(setup.data_dir)
     if data.x_val is None and not setup.tune.cv_folds:
         raise NnopsError(f"{setup.data_dir}/val.npz is empty: trials need a validation split")
-    train.check_preprocessing(data.preprocessing, data.x_train, x_pre, setup.data_dir)
+    check_preprocessing(data.preprocessing, data.x_train, x_pre, setup.data_dir)
     runtime = distribute.configure_runtime(setup.params.train)
     study = open_study(setup, seed_offset + 1000 * worker)
     parent = RunInfo(setup.parent_run_id, "", setup.tracking_uri)

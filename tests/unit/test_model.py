@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import section
 from nnops.config import HiddenLayer
+from nnops.distribute import Runtime
 from nnops.errors import NnopsError
-
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
-
-from nnops.distribute import Runtime  # noqa: E402
-from nnops.model import build_model, compile_model, make_optimizer, preprocessing_layer  # noqa: E402
-from nnops.train import TrainData, best_epoch, check_preprocessing, epoch_batches, fit  # noqa: E402
+from nnops.loops import epoch_batches
+from nnops.model import build_model, compile_model, make_optimizer, preprocessing_layer
+from nnops.train import TrainData, best_epoch, fit
+from nnops.train_data import check_preprocessing
 
 pytestmark = pytest.mark.unit
 
@@ -146,7 +146,8 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     assert order(2, 0) != first
 
 
-def test_two_deterministic_fits_are_bit_identical():
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_two_deterministic_fits_are_bit_identical(jit_compile):
     data = _data()
     params = section(
         "train",
@@ -161,7 +162,7 @@ def test_two_deterministic_fits_are_bit_identical():
     for _ in range(2):
         keras.utils.set_random_seed(params.seed)
         tf.config.experimental.enable_op_determinism()
-        model, result = fit(data, params, _runtime(), backup_dir=None)
+        model, result = fit(data, params, _runtime(), backup_dir=None, jit_compile=jit_compile)
         runs.append((model.get_weights(), result.history))
     (w1, h1), (w2, h2) = runs
     assert all(np.array_equal(a, b) for a, b in zip(w1, w2, strict=True))
@@ -171,9 +172,18 @@ def test_two_deterministic_fits_are_bit_identical():
 
 
 @pytest.mark.parametrize(
-    "early_stopping, torn", [(False, False), (True, False), (False, True), (True, True)]
+    "early_stopping, torn, jit_compile",
+    [
+        (False, False, False),
+        (True, False, False),
+        (False, True, False),
+        (True, True, False),
+        (True, False, True),
+    ],  # fmt: skip
 )
-def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path, early_stopping, torn):
+def test_resume_from_backup_equals_an_uninterrupted_fit(
+    tmp_path, early_stopping, torn, jit_compile
+):
     data = _data()
     params = section(
         "train",
@@ -194,16 +204,16 @@ def test_resume_from_backup_equals_an_uninterrupted_fit(tmp_path, early_stopping
         tf.config.experimental.enable_op_determinism()
 
     seeded()
-    full, full_result = fit(data, params, _runtime(), tmp_path / "full")
+    full, full_result = fit(data, params, _runtime(), tmp_path / "full", jit_compile=jit_compile)
     seeded()
     with pytest.raises(KeyboardInterrupt):
-        fit(data, params, _runtime(), tmp_path / "cut", callbacks=[Stop()])
+        fit(data, params, _runtime(), tmp_path / "cut", [Stop()], jit_compile=jit_compile)
     meta = tmp_path / "cut" / "training_metadata.json"
     if torn:  # killed after Keras wrote epoch 2's weights but before it wrote the number 2
         meta.write_text(json.dumps({"epoch": 1, "batch": 0}))
     seeded()
     keras.utils.set_random_seed(params.seed + 99)  # a fresh process would not share RNG state
-    resumed, result = fit(data, params, _runtime(), tmp_path / "cut")
+    resumed, result = fit(data, params, _runtime(), tmp_path / "cut", jit_compile=jit_compile)
     assert result.start_epoch == 2
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
     assert result.history == full_result.history
