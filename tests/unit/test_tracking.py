@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO, section
@@ -226,7 +227,12 @@ def test_a_damaged_store_gives_one_line_naming_the_file(store_with_a_run: Path, 
     with pytest.raises(NnopsError) as err:
         connect(section("mlflow", tracking_uri=f"sqlite:///{db}"))
     assert str(err.value).startswith(expected) and "restore it from a backup" in str(err.value)
-    # The register stage (a later stage reading the store) says the same in one line, exit 2.
+    # The register stage (a later stage reading the store) says the same in one line, exit 2,
+    # once its own input files have been read.
+    data = db.parent / "processed"
+    data.mkdir()
+    np.savez(data / "test.npz", x_raw=np.zeros((2, 3), np.float32), y=np.array([0, 1]))
+    (data / "meta.json").write_text('{"class_names": ["a", "b"]}')
     cmd = [
         sys.executable,
         str(REPO / "pipelines/register.py"),
@@ -235,7 +241,7 @@ def test_a_damaged_store_gives_one_line_naming_the_file(store_with_a_run: Path, 
         "--metrics",
         "metrics.json",
         "--data",
-        "nowhere",
+        str(data),
         "--out",
         "registry.json",
     ]
