@@ -8,13 +8,13 @@ Every error names the full dotted key, the value received and what is allowed.
 from __future__ import annotations
 
 import difflib
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nnops.io import read_yaml
 from nnops.secrets import redact_text
 
 PARAMS_FILE = "params.yaml"
@@ -440,35 +440,6 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
         raise ConfigError(f"{source}: invalid params\n  " + "\n  ".join(lines)) from None
-
-
-class _ParamsLoader(yaml.SafeLoader):
-    """YAML as DVC reads and writes ``params.yaml``: numbers by YAML 1.2, so ``1e-05`` (what
-    ``dvc exp run -S train.l2=1e-05`` writes) is a float, not the string PyYAML's 1.1 rules make it.
-    """
-
-
-_ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(text: str) -> Any:
-    """Parse a params document with the YAML number rules DVC uses.
-
-    Args:
-        text: the YAML text.
-    """
-    return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

@@ -1,10 +1,11 @@
-"""Small file helpers used at the stage edges: atomic writes and JSON."""
+"""Small file helpers used at the stage edges: atomic writes, JSON, npz and params YAML."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from nnops.errors import NnopsError
 
@@ -145,3 +147,32 @@ def load_npz(path: str | Path, keys: tuple[str, ...], what: str) -> dict[str, np
         raise NnopsError(f"{path}: file not found; expected {what}") from None
     except (OSError, ValueError, EOFError) as exc:
         raise NnopsError(f"{path}: cannot read as npz ({exc}); expected {what}") from None
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML as DVC reads and writes ``params.yaml``: numbers by YAML 1.2, so ``1e-05`` (what
+    ``dvc exp run -S train.l2=1e-05`` writes) is a float, not the string PyYAML's 1.1 rules make it.
+    """
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse a params document with the YAML number rules DVC uses.
+
+    Args:
+        text: the YAML text.
+    """
+    return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)

@@ -369,7 +369,8 @@ def committed_params(root: Path) -> Params | None:
 
     import yaml
 
-    from nnops.config import ConfigError, parse_params, read_yaml
+    from nnops.config import ConfigError, parse_params
+    from nnops.io import read_yaml
 
     try:
         proc = subprocess.run(
