@@ -181,12 +181,14 @@ def test_missing_inputs_are_named(tmp_path: Path, model_file: Path, capsys):
     assert "no array 'x_raw' (arrays: features)" in capsys.readouterr().err
 
 
-def test_registered_model_by_alias_uses_recorded_class_names(tmp_path: Path, model_file: Path):
+def test_registered_model_by_alias_uses_recorded_class_names(
+    tmp_path: Path, model_file: Path, mlflow_store: str
+):
     import keras
     import mlflow
     from mlflow.models import infer_signature
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     mlflow.set_tracking_uri(uri)
     try:
         client = mlflow.MlflowClient(uri)

@@ -89,12 +89,12 @@ def test_promotion_tags_record_metrics_run_reason_and_time():
 
 
 @pytest.fixture
-def registry(tmp_path: Path):
+def registry(tmp_path: Path, mlflow_store: str):
     """A real sqlite MLflow store holding two registered versions of a tiny Keras model."""
     import keras
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
@@ -144,12 +144,12 @@ METRICS = {"test": {"accuracy": 0.95}, "fit": {"verdict": "good fit"}}
 
 
 @pytest.fixture
-def quoted_registry(tmp_path: Path):
+def quoted_registry(tmp_path: Path, mlflow_store: str):
     """A real sqlite store; two tiny models (2 inputs) registered under a name with a quote."""
     import keras
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
