@@ -286,10 +286,18 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "repo", FAST_PARAMS)
 
 
+# Enough epochs on the embedded data for the register gate to pass (a champion to serve).
+GATE_PARAMS = {"train": {"epochs": 15}}
+
+
 @pytest.fixture(scope="session")
 def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One full ``dvc repro`` of a fresh copy, shared read-only by tests that inspect outputs."""
-    root = make_project(tmp_path_factory.mktemp("reproduced") / "repo", FAST_PARAMS)
+    """One full ``dvc repro`` of a fresh copy whose model became @champion.
+
+    Shared by every test that only reads a pipeline's outputs, its store and its registry: such
+    tests write nothing into it (their files go to ``tmp_path``).
+    """
+    root = make_project(tmp_path_factory.mktemp("reproduced") / "repo", GATE_PARAMS)
     dvc("repro", cwd=root)
     return root
 
@@ -329,6 +337,25 @@ def copy_store(template: Path, db: Path) -> str:
 def mlflow_store(_migrated_store: Path, tmp_path: Path) -> str:
     """A fresh real sqlite MLflow store at ``tmp_path/mlflow.db`` (a copy of one migrated once)."""
     return copy_store(_migrated_store, tmp_path / "mlflow.db")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n 2 --dist loadgroup`` (pytest-xdist), keep shared things on one worker.
+
+    A test module runs on one worker (its module fixtures are built once); the tests that read
+    the session's reproduced project, and those that use the team server (PostgreSQL), each
+    share one worker, so neither is built twice.
+    """
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if "team_server" in item.fixturenames:
+            group = "team-server"
+        elif "reproduced_project" in item.fixturenames:
+            group = "reproduced-project"
+        else:
+            group = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)

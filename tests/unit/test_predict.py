@@ -197,7 +197,10 @@ def test_registered_model_by_alias_uses_recorded_class_names(
         x = np.array([[4, 0, 1], [0, 4, 1]], dtype=np.float32)
         with mlflow.start_run(experiment_id=exp):
             info = mlflow.keras.log_model(
-                model, name="model", signature=infer_signature(x, model.predict(x, verbose=0))
+                model,
+                name="model",
+                signature=infer_signature(x, model.predict(x, verbose=0)),
+                pip_requirements=["keras"],  # as the train stage does: no inference subprocess
             )
         version = mlflow.register_model(info.model_uri, "m")
         client.set_model_version_tag("m", version.version, "nnops.class_names", '["L", "R"]')

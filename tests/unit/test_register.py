@@ -103,7 +103,7 @@ def registry(tmp_path: Path, mlflow_store: str):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
         model.layers[-1].set_weights([np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0.0, bias])])
         with mlflow.start_run(experiment_id=exp) as run:
-            info = mlflow.keras.log_model(model, name="model")
+            info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
         versions.append(reg.register_version(client, "m", info.model_uri, run.info.run_id))
     yield client, versions
     mlflow.set_tracking_uri(None)
@@ -157,7 +157,7 @@ def quoted_registry(tmp_path: Path, mlflow_store: str):
     for _ in range(2):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
         with mlflow.start_run(experiment_id=exp) as run:
-            info = mlflow.keras.log_model(model, name="model")
+            info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
         versions.append(reg.register_version(client, QUOTED, info.model_uri, run.info.run_id))
     yield client, versions
     mlflow.set_tracking_uri(None)
