@@ -66,7 +66,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(
+def start_service(
     cmd: list[str], url: str, cwd: Path, log: Path, timeout_s: float = 120, env=None
 ) -> subprocess.Popen:
     """Start a server in its own process group and wait until ``url`` answers 200.
@@ -95,13 +95,13 @@ def start_server(
         except OSError:
             pass
         if time.monotonic() > deadline:
-            stop_server(proc, signal.SIGKILL)
+            stop_service(proc, signal.SIGKILL)
             pytest.fail(f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-4000:]}")
         time.sleep(0.5)
 
 
-def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """Stop a server started by ``start_server`` and its children (SIGKILL after 20 s)."""
+def stop_service(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a server started by ``start_service`` and its children (SIGKILL after 20 s)."""
     if proc.poll() is None:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
@@ -123,12 +123,12 @@ def serving(
     timeout_s: float = 120,
     env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """Run a server (see ``start_server``) until the block ends; yield ``url``."""
-    proc = start_server(cmd, url, cwd, log, timeout_s, env)
+    """Run a server (see ``start_service``) until the block ends; yield ``url``."""
+    proc = start_service(cmd, url, cwd, log, timeout_s, env)
     try:
         yield url
     finally:
-        stop_server(proc)
+        stop_service(proc)
 
 
 class MlflowServer:
@@ -147,17 +147,17 @@ class MlflowServer:
     def start(self) -> MlflowServer:
         cmd = [sys.executable, "-m", "nnops.ui", "server", "--port", str(self.port),
                "--workers", "1", "--store", str(self.store)]  # fmt: skip
-        self.proc = start_server(cmd, f"{self.uri}/health", self.store.parent, self.log)
+        self.proc = start_service(cmd, f"{self.uri}/health", self.store.parent, self.log)
         return self
 
     def kill(self) -> None:
         """Kill the server at once (SIGKILL: no clean shutdown), as a crash would."""
         if self.proc is not None:
-            stop_server(self.proc, signal.SIGKILL)
+            stop_service(self.proc, signal.SIGKILL)
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_server(self.proc)
+            stop_service(self.proc)
 
 
 @pytest.fixture
