@@ -2,6 +2,9 @@
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Test workers (pytest-xdist); tests that share a fixture stay on one worker (tests/conftest.py).
+WORKERS ?= 2
+XDIST := $(if $(filter 0 1,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -11,7 +14,7 @@ help:  ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt pyproject.toml
-	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (nnops needs Python 3.11)" >&2; exit 1; }
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (nnops needs Python 3.11 or 3.12: PY=python3.12 make setup)" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
@@ -23,13 +26,13 @@ setup: $(STAMP)  ## create the virtualenv and install pinned requirements
 run: setup  ## set up and run the whole pipeline (dvc repro) on the embedded default data
 	. $(BIN)/activate && dvc repro
 
-test: setup  ## set up and run the whole test suite (unit, pipeline, e2e)
+test: setup  ## set up and run the whole test suite (unit, pipeline, e2e) on WORKERS=2 processes
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_postgres.sh
-	. $(BIN)/activate && pytest
+	. $(BIN)/activate && pytest $(XDIST)
 
-test-unit: setup  ## run only the fast unit tests
-	. $(BIN)/activate && pytest tests/unit
+test-unit: setup  ## run only the fast unit tests (WORKERS=1: in one process)
+	. $(BIN)/activate && pytest $(XDIST) tests/unit
 
 lint: setup  ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
