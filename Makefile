@@ -2,9 +2,9 @@
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Test workers (pytest-xdist); tests that share a fixture stay on one worker (tests/conftest.py).
+# Test workers (pytest-xdist): a test module runs on one worker, so its fixtures are built once.
 WORKERS ?= 2
-XDIST := $(if $(filter 0 1,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
+XDIST := $(if $(filter 0 1,$(WORKERS)),,-n $(WORKERS) --dist loadscope)
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help

@@ -297,9 +297,19 @@ def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Shared by every test that only reads a pipeline's outputs, its store and its registry: such
     tests write nothing into it (their files go to ``tmp_path``).
     """
-    root = make_project(tmp_path_factory.mktemp("reproduced") / "repo", GATE_PARAMS)
-    dvc("repro", cwd=root)
-    return root
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # under pytest-xdist, one build for all workers
+        shared = shared.parent
+    home, done = shared / "reproduced", shared / "reproduced.done"
+    with FileLock(shared / "reproduced.lock"):
+        if not done.exists():
+            shutil.rmtree(home, ignore_errors=True)  # what a failed build left
+            make_project(home / "repo", GATE_PARAMS)
+            dvc("repro", cwd=home / "repo")
+            done.touch()
+    return home / "repo"
 
 
 @pytest.fixture(scope="session")
@@ -337,25 +347,6 @@ def copy_store(template: Path, db: Path) -> str:
 def mlflow_store(_migrated_store: Path, tmp_path: Path) -> str:
     """A fresh real sqlite MLflow store at ``tmp_path/mlflow.db`` (a copy of one migrated once)."""
     return copy_store(_migrated_store, tmp_path / "mlflow.db")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n 2 --dist loadgroup`` (pytest-xdist), keep shared things on one worker.
-
-    A test module runs on one worker (its module fixtures are built once); the tests that read
-    the session's reproduced project, and those that use the team server (PostgreSQL), each
-    share one worker, so neither is built twice.
-    """
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        if "team_server" in item.fixturenames:
-            group = "team-server"
-        elif "reproduced_project" in item.fixturenames:
-            group = "reproduced-project"
-        else:
-            group = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
