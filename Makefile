@@ -3,8 +3,10 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Test workers (pytest-xdist): a test module runs on one worker, so its fixtures are built once.
-WORKERS ?= 2
-XDIST := $(if $(filter 0 1,$(WORKERS)),,-n $(WORKERS) --dist loadscope)
+# `make test` runs one process unless WORKERS=2 (two queued-experiment grids on two workers each
+# can then overlap and outlast their timeouts on 2 cores); `make test-unit` runs two.
+WORKERS ?= 1
+xdist = $(if $(filter 0 1,$(1)),,-n $(1) --dist loadscope)
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -26,13 +28,13 @@ setup: $(STAMP)  ## create the virtualenv and install pinned requirements
 run: setup  ## set up and run the whole pipeline (dvc repro) on the embedded default data
 	. $(BIN)/activate && dvc repro
 
-test: setup  ## set up and run the whole test suite (unit, pipeline, e2e) on WORKERS=2 processes
+test: setup  ## set up and run the whole test suite (unit, pipeline, e2e); WORKERS=2: two processes
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_postgres.sh
-	. $(BIN)/activate && pytest $(XDIST)
+	. $(BIN)/activate && pytest $(call xdist,$(WORKERS))
 
-test-unit: setup  ## run only the fast unit tests (WORKERS=1: in one process)
-	. $(BIN)/activate && pytest $(XDIST) tests/unit
+test-unit: setup  ## run only the fast unit tests, on two processes
+	. $(BIN)/activate && pytest $(call xdist,2) tests/unit
 
 lint: setup  ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
