@@ -2,6 +2,11 @@
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Test workers (pytest-xdist): a test module runs on one worker, so its fixtures are built once.
+# `make test` runs one process unless WORKERS=2 (two queued-experiment grids on two workers each
+# can then overlap and outlast their timeouts on 2 cores); `make test-unit` runs two.
+WORKERS ?= 1
+xdist = $(if $(filter 0 1,$(1)),,-n $(1) --dist loadscope)
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -11,7 +16,7 @@ help:  ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt pyproject.toml
-	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (nnops needs Python 3.11)" >&2; exit 1; }
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (nnops needs Python 3.11 or 3.12: PY=python3.12 make setup)" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
@@ -23,13 +28,13 @@ setup: $(STAMP)  ## create the virtualenv and install pinned requirements
 run: setup  ## set up and run the whole pipeline (dvc repro) on the embedded default data
 	. $(BIN)/activate && dvc repro
 
-test: setup  ## set up and run the whole test suite (unit, pipeline, e2e)
+test: setup  ## set up and run the whole test suite (unit, pipeline, e2e); WORKERS=2: two processes
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_postgres.sh
-	. $(BIN)/activate && pytest
+	. $(BIN)/activate && pytest $(call xdist,$(WORKERS))
 
-test-unit: setup  ## run only the fast unit tests
-	. $(BIN)/activate && pytest tests/unit
+test-unit: setup  ## run only the fast unit tests, on two processes
+	. $(BIN)/activate && pytest $(call xdist,2) tests/unit
 
 lint: setup  ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -66,16 +66,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def serving(
-    cmd: list[str],
-    url: str,
-    cwd: Path,
-    log: Path,
-    timeout_s: float = 120,
-    env: dict[str, str] | None = None,
-) -> Iterator[str]:
-    """Run a server in its own process group until ``url`` answers 200; stop it afterwards.
+def start_service(
+    cmd: list[str], url: str, cwd: Path, log: Path, timeout_s: float = 120, env=None
+) -> subprocess.Popen:
+    """Start a server in its own process group and wait until ``url`` answers 200.
 
     Args:
         cmd: the command line.
@@ -85,37 +79,124 @@ def serving(
         timeout_s: how long to wait for it.
         env: the server's environment (``project_env()`` when omitted).
     """
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env or project_env(), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{cmd} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_service(proc, signal.SIGKILL)
+            pytest.fail(f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+
+
+def stop_service(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a server started by ``start_service`` and its children (SIGKILL after 20 s)."""
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with suppress(ProcessLookupError):  # a child the group leader left behind
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def serving(
+    cmd: list[str],
+    url: str,
+    cwd: Path,
+    log: Path,
+    timeout_s: float = 120,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Run a server (see ``start_service``) until the block ends; yield ``url``."""
+    proc = start_service(cmd, url, cwd, log, timeout_s, env)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{cmd} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-4000:]}"
-                )
-            time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_service(proc)
+
+
+class MlflowServer:
+    """A real tracking server as ``make server`` starts it: sqlite + proxied artifacts in ``store``.
+
+    ``start`` again after ``kill`` brings it back on the same port over the same store.
+    """
+
+    def __init__(self, store: Path, port: int | None = None) -> None:
+        self.store = store
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = store.parent / f"server-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        cmd = [sys.executable, "-m", "nnops.ui", "server", "--port", str(self.port),
+               "--workers", "1", "--store", str(self.store)]  # fmt: skip
+        self.proc = start_service(cmd, f"{self.uri}/health", self.store.parent, self.log)
+        return self
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL: no clean shutdown), as a crash would."""
+        if self.proc is not None:
+            stop_service(self.proc, signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_service(self.proc)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    """A real tracking server on a free port over a fresh store in ``tmp_path/server``."""
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+CHROMIUM = Path(os.environ.get("NNOPS_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("NNOPS_CHROMEDRIVER", "/usr/bin/chromedriver"))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    """Headless Chromium with a fresh profile, driven through the system chromedriver."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.fail(
+            f"browser tests need {CHROMIUM} and {CHROMEDRIVER} (scripts/ensure_chromium.sh; "
+            "NNOPS_CHROMIUM / NNOPS_CHROMEDRIVER point elsewhere)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1600,1000",
+                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 def section(dotted: str, **overrides: object) -> object:
@@ -205,12 +286,67 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "repo", FAST_PARAMS)
 
 
+# Enough epochs on the embedded data for the register gate to pass (a champion to serve).
+GATE_PARAMS = {"train": {"epochs": 15}}
+
+
 @pytest.fixture(scope="session")
 def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One full ``dvc repro`` of a fresh copy, shared read-only by tests that inspect outputs."""
-    root = make_project(tmp_path_factory.mktemp("reproduced") / "repo", FAST_PARAMS)
-    dvc("repro", cwd=root)
-    return root
+    """One full ``dvc repro`` of a fresh copy whose model became @champion.
+
+    Shared by every test that only reads a pipeline's outputs, its store and its registry: such
+    tests write nothing into it (their files go to ``tmp_path``).
+    """
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # under pytest-xdist, one build for all workers
+        shared = shared.parent
+    home, done = shared / "reproduced", shared / "reproduced.done"
+    with FileLock(shared / "reproduced.lock"):
+        if not done.exists():
+            shutil.rmtree(home, ignore_errors=True)  # what a failed build left
+            make_project(home / "repo", GATE_PARAMS)
+            dvc("repro", cwd=home / "repo")
+            done.touch()
+    return home / "repo"
+
+
+@pytest.fixture(scope="session")
+def _migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real sqlite MLflow store, created and migrated once per session by the real client."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("migrated-store") / "mlflow.db"
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    return db
+
+
+def copy_store(template: Path, db: Path) -> str:
+    """Copy a migrated store to ``db``; its Default experiment keeps artifacts beside the copy.
+
+    A store the client creates itself puts the Default experiment's artifacts under
+    ``<working directory>/mlruns/0``; the copy uses ``<db's directory>/mlruns/0``, which is what a
+    stage run from the project directory gets.
+    """
+    import sqlite3
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, db)
+    with sqlite3.connect(db) as con:
+        con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str(db.parent.resolve() / "mlruns" / "0"),),
+        )
+    con.close()
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture
+def mlflow_store(_migrated_store: Path, tmp_path: Path) -> str:
+    """A fresh real sqlite MLflow store at ``tmp_path/mlflow.db`` (a copy of one migrated once)."""
+    return copy_store(_migrated_store, tmp_path / "mlflow.db")
 
 
 @pytest.fixture(autouse=True)

@@ -146,13 +146,13 @@ def load_model(ref: str, tracking_uri: str | None = None) -> LoadedModel:
         tracking_uri: the MLflow store that holds registered models and runs.
     """
     if ref.endswith(".keras") and "://" not in ref and ":/" not in ref:
+        if not Path(ref).is_file():  # before TensorFlow's start-up: a typo fails at once
+            raise NnopsError(f"{ref}: model file not found")
         from nnops.distribute import import_tensorflow
 
         import_tensorflow()  # without its C++ start-up noise
         import keras
 
-        if not Path(ref).is_file():
-            raise NnopsError(f"{ref}: model file not found")
         model = keras.saving.load_model(ref, safe_mode=True)
         return LoadedModel(
             ref,

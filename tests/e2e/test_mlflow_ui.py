@@ -16,7 +16,6 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,6 @@ from conftest import dvc, free_port, make_project, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = Path(os.environ.get("NNOPS_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("NNOPS_CHROMEDRIVER", "/usr/bin/chromedriver"))
 EXPERIMENTS = {"lr-small": "0.001", "lr-large": "0.01"}  # DVC experiment name -> learning rate
 PARAM, METRIC, TAG = "train.learning_rate", "test.accuracy", "fit"
 WAIT_S = 60
@@ -52,31 +49,6 @@ def two_team_runs(
     for name, lr in EXPERIMENTS.items():
         dvc("exp", "run", "-n", name, "-S", f"{PARAM}={lr}", cwd=root, env=team_server.env())
     return root
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    """Headless Chromium with a fresh profile, driven through the system chromedriver."""
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.fail(
-            f"browser tests need {CHROMIUM} and {CHROMEDRIVER} (scripts/ensure_chromium.sh; "
-            "NNOPS_CHROMIUM / NNOPS_CHROMEDRIVER point elsewhere)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage", "--window-size=1600,1000",
-                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    driver.implicitly_wait(0)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _store_runs(client) -> tuple[str, dict[str, object]]:

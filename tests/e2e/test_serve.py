@@ -1,8 +1,8 @@
 """Serving the champion: a real `mlflow models serve` on 127.0.0.1, and batch prediction by alias.
 
-One project is reproduced up to the register stage; its champion is then served from the project's
-own MLflow store and queried with raw test rows, and the answers are compared with the predictions
-of the model file the evaluate stage scored.
+The session's reproduced project (conftest) has a champion; it is served from the project's own
+MLflow store and queried with raw test rows, and the answers are compared with the predictions of
+the model file the evaluate stage scored. The project is only read: files go to ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, dvc, free_port, make_project, project_env, run, serving
+from conftest import BIN, free_port, project_env, run, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -25,10 +25,9 @@ MODEL = "nnops-mlp"
 
 
 @pytest.fixture(scope="module")
-def champion_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh project reproduced up to `register`, whose first model became @champion."""
-    root = make_project(tmp_path_factory.mktemp("serve") / "repo", {"train": {"epochs": 15}})
-    dvc("repro", "register", cwd=root)
+def champion_project(reproduced_project: Path) -> Path:
+    """The session's reproduced project, whose first model became @champion."""
+    root = reproduced_project
     registry = json.loads((root / "reports" / "registry.json").read_text())
     assert registry["promoted"] is True and registry["alias"] == "champion", registry
     return root
@@ -46,14 +45,14 @@ def expected(champion_project: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextlib.contextmanager
-def served(root: Path, model_uri: str):
+def served(root: Path, model_uri: str, logs: Path):
     """Run `mlflow models serve` for ``model_uri`` on a free port; yield its base URL."""
     port = free_port()
     env = project_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    with serving(cmd, f"{url}/ping", root, root / f"serve-{port}.log", 240, env):
+    with serving(cmd, f"{url}/ping", root, logs / f"serve-{port}.log", 240, env):
         yield url
 
 
@@ -72,10 +71,10 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 
 def test_served_champion_answers_raw_rows_with_the_evaluated_models_probabilities(
-    champion_project: Path, expected
+    champion_project: Path, expected, tmp_path: Path
 ):
     x, proba = expected
-    with served(champion_project, f"models:/{MODEL}@champion") as url:
+    with served(champion_project, f"models:/{MODEL}@champion", tmp_path) as url:
         status, answer = post(url, {"inputs": x.tolist()})
         assert status == 200, answer
         got = np.asarray(answer["predictions"], dtype=np.float64)
@@ -89,11 +88,13 @@ def test_served_champion_answers_raw_rows_with_the_evaluated_models_probabilitie
         assert status >= 400 and answer
 
 
-def test_batch_prediction_by_alias_matches_the_evaluated_model(champion_project: Path, expected):
+def test_batch_prediction_by_alias_matches_the_evaluated_model(
+    champion_project: Path, expected, tmp_path: Path
+):
     x, proba = expected
     root = champion_project
     pd.DataFrame(x, columns=[f"px_{i}" for i in range(x.shape[1])]).to_csv(
-        root / "rows.csv", index=False
+        tmp_path / "rows.csv", index=False
     )
     proc = run(
         [
@@ -101,14 +102,14 @@ def test_batch_prediction_by_alias_matches_the_evaluated_model(champion_project:
             "--model",
             f"models:/{MODEL}@champion",
             "--input",
-            "rows.csv",
+            str(tmp_path / "rows.csv"),
             "--out",
-            "preds.csv",
+            str(tmp_path / "preds.csv"),
         ],
         cwd=root,
     )
     assert "25 rows" in proc.stdout
-    preds = pd.read_csv(root / "preds.csv")
+    preds = pd.read_csv(tmp_path / "preds.csv")
     meta = json.loads((root / "data" / "processed" / "meta.json").read_text())
     names = [str(c) for c in meta["class_names"]]
     assert preds["predicted"].astype(str).tolist() == [names[i] for i in proba.argmax(axis=1)]
@@ -124,19 +125,25 @@ def test_batch_prediction_by_alias_matches_the_evaluated_model(champion_project:
             "--input",
             "data/processed/test.npz",
             "--out",
-            "test_preds.csv",
+            str(tmp_path / "test_preds.csv"),
         ],
         cwd=root,
     )
-    assert len(pd.read_csv(root / "test_preds.csv")) == meta["splits"]["test"]
+    assert len(pd.read_csv(tmp_path / "test_preds.csv")) == meta["splits"]["test"]
 
-    (root / "bad.csv").write_text("px_0,px_1\n1,oops\n")
+    (tmp_path / "bad.csv").write_text("px_0,px_1\n1,oops\n")
     proc = run(
-        [str(BIN / "nnops-predict"), "--input", "bad.csv", "--out", "bad_preds.csv"],
+        [
+            str(BIN / "nnops-predict"),
+            "--input",
+            str(tmp_path / "bad.csv"),
+            "--out",
+            str(tmp_path / "bad_preds.csv"),
+        ],  # fmt: skip
         cwd=root,
         check=False,
     )
     # refused by the schema check against the training profile, before the model is loaded
-    assert proc.returncode == 2 and not (root / "bad_preds.csv").exists()
+    assert proc.returncode == 2 and not (tmp_path / "bad_preds.csv").exists()
     assert "bad.csv: does not match the training data" in proc.stderr
     assert "missing column(s) px_2, px_3, px_4, px_5, px_6 and 57 more" in proc.stderr

@@ -5,34 +5,19 @@ from __future__ import annotations
 import json
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import dvc, free_port, project_env, serving
+from conftest import MlflowServer, dvc, free_port, project_env, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture
-def tracking_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A real tracking server (sqlite backend, proxied artifact root) on a free local port."""
-    port = free_port()
-    store = tmp_path / "server"
-    cmd = [sys.executable, "-m", "nnops.ui", "server", "--port", str(port), "--workers", "1",
-           "--store", str(store)]  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    with serving(cmd, f"{base}/health", tmp_path, tmp_path / "server.log"):
-        yield base, store
-
-
-def test_pipeline_run_lands_in_the_tracking_server(
-    project: Path, tracking_server: tuple[str, Path]
-) -> None:
+def test_pipeline_run_lands_in_the_tracking_server(project: Path, mlflow_server: MlflowServer):
     import mlflow
 
-    uri, store = tracking_server
+    uri, store = mlflow_server.uri, mlflow_server.store
     dvc("repro", cwd=project, env=project_env(MLFLOW_TRACKING_URI=uri))
 
     run_info = json.loads((project / "models" / "run.json").read_text())

@@ -7,22 +7,27 @@ and runs the stage scripts as the pipeline does. The second group runs the whole
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, dvc, free_port, make_project, project_env, run, section, set_params
+from conftest import (
+    REPO,
+    MlflowServer,
+    dvc,
+    free_port,
+    make_project,
+    project_env,
+    run,
+    section,
+    set_params,
+)
 from nnops import registry as rg
 
 pytestmark = pytest.mark.pipeline
@@ -106,7 +111,9 @@ def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
     )
     with mlflow.start_run(experiment_id=exp_id, run_name=tag) as active:
         signature = infer_signature(x[:5], model.predict(x[:5], verbose=0))
-        info = mlflow.keras.log_model(model, name="model", signature=signature)
+        info = mlflow.keras.log_model(
+            model, name="model", signature=signature, pip_requirements=["keras"]
+        )
     write_run_info(
         root / "models" / "run.json",
         RunInfo(active.info.run_id, exp_id, uri, model_uri=info.model_uri),
@@ -341,50 +348,14 @@ def test_register_with_the_tracking_server_gone_fails_clearly_and_keeps_the_reco
 # --- A real tracking server killed in the middle of a promotion ---------------------------------
 
 
-def start_server(root: Path, port: int) -> subprocess.Popen:
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination",
-        str(root / "server-artifacts"),
-    ]
-    log = (root / f"server-{time.monotonic_ns()}.log").open("w")
-    # Own process group: `mlflow server` runs its web server as a child process.
-    proc = subprocess.Popen(
-        cmd,
-        cwd=root,
-        env=project_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-    stop_server(proc)
-    raise AssertionError(f"mlflow server did not start: {log.name}")
+def start_server(root: Path, port: int) -> MlflowServer:
+    """A real tracking server over ``root/server`` on ``port`` (conftest's ``MlflowServer``)."""
+    return MlflowServer(root / "server", port).start()
 
 
-def stop_server(proc: subprocess.Popen) -> None:
+def stop_server(server: MlflowServer) -> None:
     """Kill the server and its web-server children at once (SIGKILL: no clean shutdown)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    server.kill()
 
 
 def champions_have_their_tags(client, name: str) -> None:
@@ -425,7 +396,7 @@ def test_server_killed_midway_through_a_promotion_leaves_the_registry_consistent
         for _ in range(2):
             model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, "softmax")])
             with mlflow.start_run() as active:
-                info = mlflow.keras.log_model(model, name="model")
+                info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
             versions.append(rg.register_version(client, NAME, info.model_uri, active.info.run_id))
         metrics = {"test": {"accuracy": 0.95}, "fit": {"verdict": "good fit"}}
 

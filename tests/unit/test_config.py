@@ -46,11 +46,16 @@ def test_repository_params_load_and_flatten_to_dotted_names():
     params = load_params(REPO / "params.yaml")
     assert isinstance(params, Params)
     flat = params.flat()
-    assert flat["data.source"] == params.data.source
-    assert flat["validate.drift_alpha"] == params.validation.drift_alpha
-    assert flat["train.hidden_layers.0.units"] == params.train.hidden_layers[0].units
-    # every leaf of params.yaml is a typed param under its dotted name
+    # every leaf of params.yaml is a typed param under its dotted name, holding the file's value
+    # (the file is the only source: code holds no defaults to compare with)
     assert set(flat) == {".".join(map(str, k)) for k in KEYS}
+    for key in KEYS:
+        value = REPO_RAW
+        for part in key:
+            value = value[part]
+        assert flat[".".join(map(str, key))] == value, key
+    assert params.validation.drift_alpha == REPO_RAW["validate"]["drift_alpha"]
+    assert params.train.hidden_layers[0].units == REPO_RAW["train"]["hidden_layers"][0]["units"]
 
 
 @pytest.mark.parametrize("key", KEYS, ids=[".".join(map(str, k)) for k in KEYS])

@@ -181,12 +181,14 @@ def test_missing_inputs_are_named(tmp_path: Path, model_file: Path, capsys):
     assert "no array 'x_raw' (arrays: features)" in capsys.readouterr().err
 
 
-def test_registered_model_by_alias_uses_recorded_class_names(tmp_path: Path, model_file: Path):
+def test_registered_model_by_alias_uses_recorded_class_names(
+    tmp_path: Path, model_file: Path, mlflow_store: str
+):
     import keras
     import mlflow
     from mlflow.models import infer_signature
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     mlflow.set_tracking_uri(uri)
     try:
         client = mlflow.MlflowClient(uri)
@@ -195,7 +197,10 @@ def test_registered_model_by_alias_uses_recorded_class_names(tmp_path: Path, mod
         x = np.array([[4, 0, 1], [0, 4, 1]], dtype=np.float32)
         with mlflow.start_run(experiment_id=exp):
             info = mlflow.keras.log_model(
-                model, name="model", signature=infer_signature(x, model.predict(x, verbose=0))
+                model,
+                name="model",
+                signature=infer_signature(x, model.predict(x, verbose=0)),
+                pip_requirements=["keras"],  # as the train stage does: no inference subprocess
             )
         version = mlflow.register_model(info.model_uri, "m")
         client.set_model_version_tag("m", version.version, "nnops.class_names", '["L", "R"]')

@@ -90,12 +90,12 @@ def test_promotion_tags_record_metrics_run_reason_and_time():
 
 
 @pytest.fixture
-def registry(tmp_path: Path):
+def registry(tmp_path: Path, mlflow_store: str):
     """A real sqlite MLflow store holding two registered versions of a tiny Keras model."""
     import keras
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
@@ -104,7 +104,7 @@ def registry(tmp_path: Path):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
         model.layers[-1].set_weights([np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0.0, bias])])
         with mlflow.start_run(experiment_id=exp) as run:
-            info = mlflow.keras.log_model(model, name="model")
+            info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
         versions.append(rg.register_version(client, "m", info.model_uri, run.info.run_id))
     yield client, versions
     mlflow.set_tracking_uri(None)
@@ -145,12 +145,12 @@ METRICS = {"test": {"accuracy": 0.95}, "fit": {"verdict": "good fit"}}
 
 
 @pytest.fixture
-def quoted_registry(tmp_path: Path):
+def quoted_registry(tmp_path: Path, mlflow_store: str):
     """A real sqlite store; two tiny models (2 inputs) registered under a name with a quote."""
     import keras
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
@@ -158,7 +158,7 @@ def quoted_registry(tmp_path: Path):
     for _ in range(2):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
         with mlflow.start_run(experiment_id=exp) as run:
-            info = mlflow.keras.log_model(model, name="model")
+            info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
         versions.append(rg.register_version(client, QUOTED, info.model_uri, run.info.run_id))
     yield client, versions
     mlflow.set_tracking_uri(None)

@@ -95,10 +95,10 @@ def test_hung_server_fails_instead_of_hanging_naming_the_uri(monkeypatch):
             connect(section("mlflow", connect_timeout_s=2))
 
 
-def test_run_continues_after_a_resume_and_logs_each_epoch_once(tmp_path):
+def test_run_continues_after_a_resume_and_logs_each_epoch_once(mlflow_store):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store
     flat = {"train.epochs": 3, "train.hidden_layers.0.units": 64, "mlflow.tracking_uri": None}
     info = start_training_run(uri, "unit", flat, {"git.commit": "abc"})
     logger = EpochLogger(info)
@@ -176,7 +176,7 @@ def test_git_state_reports_commit_and_dirty_flag(tmp_path):
     assert git_state(Path("/"))["commit"] == "unknown"
 
 
-def test_resume_run_names_a_missing_store_or_run(tmp_path):
+def test_resume_run_names_a_missing_store_or_run(tmp_path, mlflow_store):
     from mlflow import MlflowClient
 
     from nnops.tracking import RunInfo, resume_run
@@ -186,7 +186,7 @@ def test_resume_run_names_a_missing_store_or_run(tmp_path):
         pass
     assert not (tmp_path / "other-checkout").exists()  # no empty store left behind
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store
     exp = experiment_id(uri, "nnops")
     with (
         pytest.raises(NnopsError, match="is not in the store"),
@@ -198,11 +198,11 @@ def test_resume_run_names_a_missing_store_or_run(tmp_path):
 
 
 @pytest.fixture
-def store_with_a_run(tmp_path, monkeypatch):
+def store_with_a_run(tmp_path, monkeypatch, mlflow_store):
     """A real embedded store with one run, and the files a later stage reads."""
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
+    uri = mlflow_store
     info = start_training_run(uri, "e", {"a": 1}, {})
     write_run_info(tmp_path / "run.json", dataclasses.replace(info, model_uri="models:/m-1"))
     (tmp_path / "metrics.json").write_text('{"test": {"accuracy": 0.5}}')

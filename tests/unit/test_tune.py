@@ -136,7 +136,7 @@ def test_trial_value_follows_the_weights_the_pipeline_keeps():
 # --- Real trials on tiny data -----------------------------------------------------------------
 
 
-def _setup(tmp_path: Path, activation: str = "relu", **tune: object):
+def _setup(tmp_path: Path, uri: str, activation: str = "relu", **tune: object):
     from nnops.tracking import connect
     from nnops.tune import begin
     from nnops.tune_study import Setup
@@ -146,7 +146,6 @@ def _setup(tmp_path: Path, activation: str = "relu", **tune: object):
     for layer in raw["train"]["hidden_layers"]:
         layer["activation"] = activation
     params = parse_params(raw)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     connect(params.mlflow.model_copy(update={"tracking_uri": uri}))
     setup = Setup(params, params.tune, f"sqlite:///{tmp_path / 'optuna.db'}", uri, "unused")
     return begin(setup)[0]
@@ -195,7 +194,7 @@ def _children(setup) -> list:
                   key=lambda r: int(r.data.tags["nnops.trial.number"]))  # fmt: skip
 
 
-def test_a_forced_pruner_prunes_and_the_run_shows_where(tmp_path: Path):
+def test_a_forced_pruner_prunes_and_the_run_shows_where(tmp_path: Path, mlflow_store: str):
     pruner = {
         "kind": "threshold",
         "startup_trials": 0,
@@ -203,7 +202,7 @@ def test_a_forced_pruner_prunes_and_the_run_shows_where(tmp_path: Path):
         "reduction_factor": 3,
         "threshold": 0.0,
     }  # any val_loss > 0 is pruned after epoch 1
-    setup = _setup(tmp_path, pruner=pruner)
+    setup = _setup(tmp_path, mlflow_store, pruner=pruner)
     study = _optimize(setup, _data(), 2)
     assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
     from mlflow import MlflowClient
@@ -217,10 +216,10 @@ def test_a_forced_pruner_prunes_and_the_run_shows_where(tmp_path: Path):
         assert "train.learning_rate" in run.data.params
 
 
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path):
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, mlflow_store: str):
     # Linear layers carry the NaN input to the loss on every kernel (some CPU kernels, e.g.
     # with op determinism on, turn relu(NaN) into 0, and the model would learn around it).
-    setup = _setup(tmp_path, activation="linear",
+    setup = _setup(tmp_path, mlflow_store, activation="linear",
                    pruner={"kind": "none", "startup_trials": 0, "warmup_epochs": 0,
                            "reduction_factor": 3, "threshold": None})  # fmt: skip
     study = _optimize(setup, _data(nan=True), 2)
@@ -234,8 +233,8 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path):
     assert _children(setup)[-1].data.tags["nnops.trial.state"] == "complete"
 
 
-def test_cross_validation_scores_the_mean_over_folds(tmp_path: Path):
-    setup = _setup(tmp_path, cv_folds=3)
+def test_cross_validation_scores_the_mean_over_folds(tmp_path: Path, mlflow_store: str):
+    setup = _setup(tmp_path, mlflow_store, cv_folds=3)
     study = _optimize(setup, _data(), 1)
     trial = study.trials[0]
     run = _children(setup)[0]
