@@ -385,12 +385,10 @@ def main(argv: list[str] | None = None, prog: str = "nnops reproduce") -> int:
     """
     from nnops.config import ConfigError
     from nnops.predict import default_tracking_uri
-    from nnops.stage import configure_logging, quiet_environment
+    from nnops.stage import start_command
 
-    quiet_environment()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    configure_logging()
-    args = parser(prog).parse_args(argv)
+    args = start_command(parser(prog), argv)
     try:
         top = _git(Path.cwd(), "rev-parse", "--show-toplevel").stdout.strip()
         uri = args.tracking_uri or default_tracking_uri()

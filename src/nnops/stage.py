@@ -61,6 +61,20 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
 
 
+def start_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Quiet the environment, set up logging and parse a command's arguments.
+
+    Every entry point (stages and ``nnops`` subcommands) starts this way.
+
+    Args:
+        parser: the command's argument parser.
+        argv: arguments, for tests; defaults to ``sys.argv[1:]``.
+    """
+    quiet_environment()
+    configure_logging()
+    return parser.parse_args(argv)
+
+
 def run_stage(
     name: str,
     main: Callable[[argparse.Namespace, Params], None],
@@ -75,10 +89,8 @@ def run_stage(
         parser: the stage's argument parser (``--params`` is added here).
         argv: arguments, for tests; defaults to ``sys.argv[1:]``.
     """
-    quiet_environment()
-    configure_logging()
     parser.add_argument("--params", default="params.yaml", help="the params file")
-    args = parser.parse_args(argv)
+    args = start_command(parser, argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:

@@ -333,11 +333,9 @@ def main(argv: list[str] | None = None, prog: str = "nnops tune") -> int:
         argv: arguments, for tests; defaults to ``sys.argv[1:]``.
         prog: the program name used in messages.
     """
-    from nnops.stage import configure_logging, quiet_environment
+    from nnops.stage import start_command
 
-    quiet_environment()
-    configure_logging()
-    args = parser(prog).parse_args(argv)
+    args = start_command(parser(prog), argv)
     out = Path(args.out)
     setup = None
     try:

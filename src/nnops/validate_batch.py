@@ -326,10 +326,9 @@ def main(argv: list[str] | None = None, prog: str = "nnops validate-batch") -> i
         prog: the program name used in messages.
     """
     from nnops.io import write_text
-    from nnops.stage import configure_logging
+    from nnops.stage import start_command
 
-    configure_logging()
-    args = parser(prog).parse_args(argv)
+    args = start_command(parser(prog), argv)
     try:
         profile = load_profile(args.reference)
         batch = read_batch(args.batch, profile, args.key, header=not args.no_header)

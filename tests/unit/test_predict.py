@@ -13,7 +13,8 @@ import pytest
 
 from conftest import BIN, project_env
 from nnops.errors import NnopsError
-from nnops.predict import check_rows, main, prediction_table
+from nnops.predict import main, prediction_table
+from nnops.predict_input import check_rows
 
 pytestmark = pytest.mark.unit
 
@@ -302,7 +303,7 @@ def test_a_wide_file_is_refused_from_its_header(tmp_path, model_file, capsys):
 
 
 def test_bad_cells_are_named_by_their_row_in_the_file_across_chunks(tmp_path, monkeypatch):
-    import nnops.predict as pr
+    import nnops.predict_input as pr
 
     monkeypatch.setattr(pr, "CHUNK_CELLS", 6)  # two rows of three cells per chunk
     rows = ["a,b,c"] + [f"{i},{i},{i}" for i in range(1, 8)] + ["8,oops,8"]
@@ -317,7 +318,7 @@ def test_bad_cells_are_named_by_their_row_in_the_file_across_chunks(tmp_path, mo
 MEASURE = """
 import sys
 import numpy as np
-from nnops.predict import read_rows
+from nnops.predict_input import read_rows
 
 def hwm():
     for line in open("/proc/self/status"):

@@ -1,0 +1,167 @@
+"""Reading the rows to predict: a CSV (in chunks, bounded memory) or an npz, checked against
+the model's input width before any model is loaded."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnops.errors import NnopsError
+
+log = logging.getLogger(__name__)
+
+
+def check_rows(
+    frame: Any,
+    n_features: int | None,
+    feature_names: Sequence[str] | None,
+    source: str,
+    first_row: int = 1,
+) -> np.ndarray:
+    """Turn a table of text cells into a float32 matrix, naming the column and row of a bad cell.
+
+    When ``feature_names`` are known and all present in the header, those columns are taken in
+    that order (extra columns such as ``label`` are ignored); otherwise every column is a feature.
+
+    Args:
+        frame: a pandas DataFrame of strings, as read from the input file.
+        n_features: the number of features the model takes, if known.
+        feature_names: the training feature names, if known.
+        source: the input file name, for messages.
+        first_row: the file's number for the frame's first row (frames come in chunks).
+    """
+    import pandas as pd
+
+    columns = [str(c) for c in frame.columns]
+    if feature_names and set(feature_names) <= set(columns):
+        frame = frame[list(feature_names)]
+        columns = list(feature_names)
+    if n_features is not None and len(columns) != n_features:
+        hint = f" (expected columns: {', '.join(feature_names[:5])}, ...)" if feature_names else ""
+        raise NnopsError(
+            f"{source}: {len(columns)} columns, but the model takes {n_features} features{hint}"
+        )
+    if len(frame) == 0:
+        raise NnopsError(f"{source}: no rows to predict")
+    out = np.empty((len(frame), len(columns)), dtype=np.float32)
+    for j, name in enumerate(columns):
+        cells = frame.iloc[:, j]
+        values = pd.to_numeric(cells, errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() | ~np.isfinite(values.to_numpy(float)))
+        if len(bad):
+            i = int(bad[0])
+            raise NnopsError(
+                f"{source}: column {name!r}, row {i + first_row}: {cells.iloc[i]!r} is not a "
+                f"finite number ({len(bad)} bad cell(s) in this column)"
+            )
+        out[:, j] = values.to_numpy(np.float32)
+    return out
+
+
+def read_rows(
+    path: str | Path,
+    n_features: int | None,
+    feature_names: Sequence[str] | None = None,
+    key: str = "x_raw",
+    header: bool = True,
+) -> np.ndarray:
+    """Read raw rows from a CSV (header optional) or an npz array.
+
+    Args:
+        path: the input file (``.csv`` or ``.npz``).
+        n_features: the number of features the model takes, if known.
+        feature_names: the training feature names, to pick columns by header.
+        key: the array to read from an npz file.
+        header: whether the CSV's first line names the columns.
+    """
+    from nnops.fetch import input_file
+    from nnops.io import load_npz
+
+    path = input_file(path, "CSV or npz file of rows to predict (--input)")
+    if path.suffix == ".npz":
+        x = load_npz(path, (key,), "an npz of rows to predict (--key)")[key]
+        if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+            raise NnopsError(
+                f"{path}: {key!r} has shape {x.shape} and dtype {x.dtype}; "
+                "expected a 2-D numeric array"
+            )
+        if n_features is not None and x.shape[1] != n_features:
+            raise NnopsError(
+                f"{path}: {key!r} has {x.shape[1]} columns, but the model takes {n_features}"
+            )
+        if not np.isfinite(x).all():
+            i, j = np.argwhere(~np.isfinite(x))[0]
+            raise NnopsError(f"{path}: {key!r} row {i + 1}, column {j + 1} is not finite")
+        return x.astype(np.float32)
+    return read_csv_rows(path, n_features, feature_names, header)
+
+
+CHUNK_CELLS = 1 << 18
+"""Cells parsed per chunk: text cells cost ~50x their float32 size, so they never pile up."""
+
+
+def read_csv_rows(
+    path: Path, n_features: int | None, feature_names: Sequence[str] | None, header: bool
+) -> np.ndarray:
+    """Read a CSV of raw rows in chunks into one float32 matrix.
+
+    The header alone decides the columns: duplicated names and a wrong column count are refused
+    before a single row is read. Rows are parsed a chunk at a time, so memory stays near the
+    size of the float32 result rather than of a table of text cells.
+
+    Args:
+        path: the CSV file.
+        n_features: the number of features the model takes, if known.
+        feature_names: the training feature names, to pick columns by header.
+        header: whether the first line names the columns.
+    """
+    import csv
+
+    import pandas as pd
+
+    from nnops.ingest import csv_header
+
+    if header:
+        columns = csv_header(path)
+    else:
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+            first = next(csv.reader(fh), None)
+        if first is None:
+            raise NnopsError(f"{path}: the file is empty")
+        columns = [f"column_{i + 1}" for i in range(len(first))]
+    picked = (
+        list(feature_names) if feature_names and set(feature_names) <= set(columns) else columns
+    )
+    if n_features is not None and len(picked) != n_features:
+        hint = f" (expected columns: {', '.join(feature_names[:5])}, ...)" if feature_names else ""
+        raise NnopsError(
+            f"{path}: the header has {len(picked)} columns, but the model takes {n_features} "
+            f"features{hint}"
+        )
+    chunks: list[np.ndarray] = []
+    row = 1
+    try:
+        reader = pd.read_csv(
+            path,
+            header=0 if header else None,
+            names=None if header else columns,
+            usecols=picked,
+            dtype=str,
+            keep_default_na=False,
+            chunksize=max(1, CHUNK_CELLS // max(1, len(columns))),
+        )
+        with reader:
+            for frame in reader:
+                if len(frame):
+                    chunks.append(check_rows(frame[picked], None, None, str(path), row))
+                    row += len(frame)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NnopsError(f"{path}: not a readable CSV ({first_line})") from None
+    if not chunks:
+        raise NnopsError(f"{path}: no rows to predict")
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
