@@ -14,7 +14,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     from nnops import evaluate as ev
 
     inputs = ev.read_inputs(args.data, args.history, args.summary, args.model, args.run)
-    model = ev.load_model(args.model)
+    model = catalog.load_model(args.model)
     curve = None
     if params.evaluate.learning_curve:  # retrains, so only then is the training code imported
         from nnops.learning_curve import training_size_curve

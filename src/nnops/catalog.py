@@ -173,3 +173,20 @@ def read_predictions(
     if proba.ndim != 2 or len(proba) != rows:
         raise NnopsError(f"{path}: proba has shape {proba.shape}; expected ({rows}, classes)")
     return proba
+
+
+def load_model(path: str | Path) -> Any:
+    """Load the trained Keras model for inference (TensorFlow imported here, quietly).
+
+    Args:
+        path: ``models/model.keras``.
+    """
+    from nnops.distribute import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (OSError, ValueError) as exc:
+        raise NnopsError(f"{path}: cannot load the Keras model ({exc})") from None

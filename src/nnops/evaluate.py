@@ -2,9 +2,10 @@
 
 Scores come from :mod:`nnops.scoring` (every metric from ``sklearn.metrics``), the verdict from
 :mod:`nnops.diagnose`, figures from :mod:`nnops.plots`. :func:`evaluate` takes arrays and returns
-data; the file edges (``read_inputs``, ``load_model``, ``write_outputs``, ``log_to_mlflow``) read
-and write the stage's files and the MLflow run. The optional training-size learning curve lives
-in :mod:`nnops.learning_curve` (it retrains, so only the stage imports it, when asked to).
+data; the file edges (``read_inputs``, ``write_outputs``, ``log_to_mlflow``; the model through
+``catalog.load_model``) read and write the stage's files and the MLflow run. The optional
+training-size learning curve lives in :mod:`nnops.learning_curve` (it retrains, so only the
+stage imports it, when asked to).
 """
 
 from __future__ import annotations
@@ -194,23 +195,6 @@ def read_inputs(
         model_sha256=catalog.file_sha256(model),
         run=read_run_info(run),
     )
-
-
-def load_model(path: str | Path) -> Any:
-    """Load the trained Keras model (TensorFlow imported here, without its start-up noise).
-
-    Args:
-        path: ``models/model.keras``.
-    """
-    from nnops.distribute import import_tensorflow
-
-    import_tensorflow()
-    import keras
-
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except (OSError, ValueError) as exc:
-        raise NnopsError(f"{path}: cannot load the Keras model ({exc})") from None
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:

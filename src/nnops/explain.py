@@ -25,7 +25,7 @@ import numpy as np
 from nnops import plots
 from nnops import slices as sl
 from nnops.attribution import ClassAttribution, class_attributions
-from nnops.catalog import file_sha256, read_predictions
+from nnops.catalog import file_sha256, load_model, read_predictions
 from nnops.config import ExplainParams
 from nnops.errors import NnopsError
 from nnops.io import atomic_path
@@ -322,23 +322,6 @@ def model_and_predictions(
     else:
         log.info("test predictions from %s (model %s)", predictions, sha[:12])
     return model, probs
-
-
-def load_model(path: str | Path) -> Any:
-    """Load the trained Keras model for inference (TensorFlow imported here, quietly).
-
-    Args:
-        path: ``models/model.keras``.
-    """
-    from nnops.distribute import import_tensorflow
-
-    import_tensorflow()
-    import keras
-
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except (OSError, ValueError) as exc:
-        raise NnopsError(f"{path}: cannot load the Keras model ({exc})") from None
 
 
 def write_files(out: str | Path, files: Mapping[str, bytes]) -> None:

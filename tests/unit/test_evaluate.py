@@ -205,7 +205,7 @@ def test_evaluate_scores_each_split_and_hands_test_predictions_to_explain(tmp_pa
     paths = _stage_inputs(tmp_path)
     summary = tmp_path / "summary.json"  # absent: the model holds the last epoch's weights
     inputs = ev.read_inputs(paths["data"], paths["history"], summary, paths["model"], paths["run"])
-    model = ev.load_model(paths["model"])
+    model = catalog.load_model(paths["model"])
     result = ev.evaluate(model, inputs, section("evaluate.fit"))
     x_test, y_test = inputs.splits["test"]
     np.testing.assert_array_equal(result.test_proba, scoring.predict_proba(model, x_test))
@@ -225,7 +225,7 @@ def test_evaluate_scores_each_split_and_hands_test_predictions_to_explain(tmp_pa
     np.testing.assert_array_equal(probs, result.test_proba)
 
     # Another model (or other data) than evaluate scored: explain scores the test split itself.
-    keras_model = ev.load_model(paths["model"])
+    keras_model = catalog.load_model(paths["model"])
     keras_model.layers[-1].kernel.assign(np.ones((4, 3), np.float32))
     keras_model.save(paths["model"])
     loaded, probs = explain.model_and_predictions(paths["model"], handed, test, meta, False)
