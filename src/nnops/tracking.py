@@ -80,6 +80,18 @@ def check_store(uri: str) -> None:
         )
 
 
+EMBEDDED_KEY = "embedded_store"  # in run.json's extra: the run lives in the project's mlflow.db
+
+
+def embedded_store_uri(root: Path | None = None) -> str:
+    """The project's embedded store, ``sqlite:///<main repository>/mlflow.db``.
+
+    Args:
+        root: the repository root; found from the environment when omitted.
+    """
+    return f"sqlite:///{((root or repo_root()) / DEFAULT_STORE).resolve()}"
+
+
 def resolve_tracking_uri(params: MlflowParams, root: Path | None = None) -> str:
     """Pick the tracking URI: ``$MLFLOW_TRACKING_URI``, else params, else the embedded store.
 
@@ -95,8 +107,7 @@ def resolve_tracking_uri(params: MlflowParams, root: Path | None = None) -> str:
         return env
     if params.tracking_uri:
         return params.tracking_uri
-    root = root or repo_root()
-    return f"sqlite:///{(root / DEFAULT_STORE).resolve()}"
+    return embedded_store_uri(root)
 
 
 def ensure_reachable(uri: str, timeout_s: float) -> None:
@@ -263,6 +274,10 @@ def store_uri(info: RunInfo, timeout_s: float) -> str:
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or info.tracking_uri
+    if not os.environ.get("MLFLOW_TRACKING_URI") and (info.extra or {}).get(EMBEDDED_KEY):
+        # The project's own store, wherever the project now is: a copied or moved project
+        # logs into its own mlflow.db, never into the store of the checkout it came from.
+        uri = embedded_store_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise NnopsError(
             f"models/run.json names MLflow run {info.run_id} in the store {uri}, which does not "

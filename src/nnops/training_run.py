@@ -22,12 +22,14 @@ from nnops.distribute import Runtime
 from nnops.errors import NnopsError
 from nnops.io import read_json
 from nnops.tracking import (
+    EMBEDDED_KEY,
     TUNE_ENV,
     RunInfo,
     _first_line,
     _without_userinfo,
     auth_failure,
     close_dead_runs,
+    embedded_store_uri,
     experiment_id,
     git_state,
     process_tags,
@@ -97,7 +99,7 @@ def start_training_run(
                 for key, value in process_tags().items():
                     client.set_tag(resume_id, key, value)
             log.info("continuing MLflow run %s", resume_id)
-            return RunInfo(resume_id, exp_id, uri)
+            return RunInfo(resume_id, exp_id, uri, extra=_store_extra(uri))
         log.info(
             "MLflow run %s of the interrupted execution is gone; starting a new one", resume_id
         )
@@ -115,7 +117,13 @@ def start_training_run(
     log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run.info.run_name,
              experiment, uri)  # fmt: skip
     extra = {"run_name": run.info.run_name} | ({"tune": study} if study else {})
-    return RunInfo(run.info.run_id, exp_id, uri, extra=extra)
+    return RunInfo(run.info.run_id, exp_id, uri, extra=extra | _store_extra(uri))
+
+
+def _store_extra(uri: str) -> dict[str, Any]:
+    """Mark a run in the project's embedded store: later stages then follow the project (a copy
+    or a move logs into its own mlflow.db), not the absolute path recorded here."""
+    return {EMBEDDED_KEY: True} if uri == embedded_store_uri() else {}
 
 
 class EpochLogger:

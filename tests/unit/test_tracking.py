@@ -252,3 +252,30 @@ def test_a_damaged_store_gives_one_line_naming_the_file(store_with_a_run: Path, 
     assert "Traceback" not in proc.stderr
     assert db.stat().st_size == size  # never replaced by a silent fresh store
     assert not (db.parent / "registry.json").exists()
+
+
+def test_a_copied_project_logs_into_its_own_store_not_the_one_it_came_from(
+    tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+):
+    from nnops.tracking import read_run_info, store_uri, write_run_info
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    (original / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(tmp_path / "mlflow.db", original / "mlflow.db")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(original)
+    info = start_training_run(f"sqlite:///{original / 'mlflow.db'}", "e", {"a": 1}, {})
+    write_run_info(original / "run.json", info)
+    assert info.extra["embedded_store"] is True  # trained in the project's own store
+
+    shutil.copytree(original, copy)
+    monkeypatch.chdir(copy)
+    copied = read_run_info(copy / "run.json")
+    assert copied.tracking_uri == f"sqlite:///{original / 'mlflow.db'}"  # as recorded
+    assert store_uri(copied, 5) == f"sqlite:///{(copy / 'mlflow.db').resolve()}"
+
+    # A store named in params (or anywhere else than the project's own) is followed as recorded.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set by mlflow.set_tracking_uri
+    elsewhere = dataclasses.replace(copied, extra={"run_name": "x"})
+    assert store_uri(elsewhere, 5) == f"sqlite:///{original / 'mlflow.db'}"
