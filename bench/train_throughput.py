@@ -160,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=60_000)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=1, help="alternating runs; medians shown")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs; medians shown")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--side", choices=["textbook", "stage"], help=argparse.SUPPRESS)
     args = parser.parse_args()
