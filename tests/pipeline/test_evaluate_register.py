@@ -66,39 +66,27 @@ def write_processed(root: Path) -> Path:
 
 
 def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
-    """Train, save models/model.keras and history.csv, log the model to a new MLflow run."""
-    import keras
+    """Train with the train stage's own ``nnops.train.fit``, save models/model.keras and
+    history.csv with its writers, log the model to a new MLflow run."""
     import mlflow
     from mlflow.models import infer_signature
 
     from nnops.config import HiddenLayer
-    from nnops.model import build_model
+    from nnops.distribute import configure_runtime
     from nnops.tracking import RunInfo, write_run_info
+    from nnops.train import fit, save_model, write_history_csv
+    from nnops.train_data import load_processed
 
-    data = root / "data" / "processed"
-    with np.load(data / "train.npz") as f:
-        x, y = f["x_raw"], f["y"]
-    with np.load(data / "val.npz") as f:
-        xv, yv = f["x_raw"], f["y"]
+    data, _, _ = load_processed(root / "data" / "processed")
+    x = data.x_train
     params = section(
         "train",
         hidden_layers=tuple(HiddenLayer(units=u, activation="relu", dropout=0.0) for u in units),
+        epochs=epochs,
     )
-    keras.utils.set_random_seed(0)
-    model = build_model(params, 64, 10, json.loads((data / "preprocessing.json").read_text()))
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    hist = model.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=32, verbose=0)
-    (root / "models").mkdir(exist_ok=True)
-    model.save(root / "models" / "model.keras")
-    rows = [
-        {"epoch": i + 1, **{k: hist.history[k][i] for k in hist.history}} for i in range(epochs)
-    ]
-    history = root / "reports" / "train" / "history.csv"
-    history.parent.mkdir(parents=True, exist_ok=True)
-    with history.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    model, result = fit(data, params, configure_runtime(params), backup_dir=None)
+    save_model(model, root / "models" / "model.keras")
+    write_history_csv(root / "reports" / "train" / "history.csv", result.history)
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

@@ -140,11 +140,10 @@ def digits():
 
 
 def train_and_diagnose(digits, params, subset=None, noise=0.0):
-    """Train the project's model (nnops.model.build_model) as ``params`` say, then diagnose it."""
-    import keras
-
+    """Train with the train stage's own ``nnops.train.fit`` as ``params`` say, then diagnose."""
     from nnops import scoring as ev
-    from nnops.model import build_model
+    from nnops.distribute import configure_runtime
+    from nnops.train import TrainData, fit
 
     x_tr, y_tr, x_va, y_va = digits
     rng = np.random.default_rng(0)
@@ -154,26 +153,14 @@ def train_and_diagnose(digits, params, subset=None, noise=0.0):
     if noise:
         flip = rng.random(len(y_tr)) < noise
         y_tr[flip] = rng.integers(0, 10, flip.sum())
-    keras.utils.set_random_seed(params.seed)
-    model = build_model(params, 64, 10, {"method": "rescale", "scale": 1 / 16, "offset": 0.0})
-    model.compile(
-        optimizer=keras.optimizers.Adam(params.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=8,
-    )
-    history = model.fit(
-        x_tr,
-        y_tr,
-        validation_data=(x_va, y_va),
-        epochs=params.epochs,
-        batch_size=params.batch_size,
-        verbose=0,
-    )
+    spec = {"method": "rescale", "scale": 1 / 16, "offset": 0.0}
+    data = TrainData(x_tr, y_tr, x_va, y_va, 10, spec)
+    model, result = fit(data, params, configure_runtime(params), backup_dir=None)
+    history = {key: [row[key] for row in result.history] for key in result.history[0]}
     names = [str(i) for i in range(10)]
     train = ev.score_split(y_tr, ev.predict_proba(model, x_tr), names)
     val = ev.score_split(y_va, ev.predict_proba(model, x_va), names)
-    return diagnose(train.headline(), val.headline(), history.history, section("evaluate.fit"))
+    return diagnose(train.headline(), val.headline(), history, section("evaluate.fit"))
 
 
 def layers(*units):
