@@ -102,15 +102,13 @@ def load_model(ref: str, tracking_uri: str | None = None) -> LoadedModel:
     if ref.endswith(".keras") and "://" not in ref and ":/" not in ref:
         if not Path(ref).is_file():  # before TensorFlow's start-up: a typo fails at once
             raise NnopsError(f"{ref}: model file not found")
-        from nnops.distribute import import_tensorflow
+        from nnops.catalog import load_model
+        from nnops.scoring import predict_proba
 
-        import_tensorflow()  # without its C++ start-up noise
-        import keras
-
-        model = keras.saving.load_model(ref, safe_mode=True)
+        model = load_model(ref)
         return LoadedModel(
             ref,
-            lambda x: model.predict(x, batch_size=1024, verbose=0),
+            lambda x: predict_proba(model, np.asarray(x, dtype=np.float32)),
             int(model.input_shape[-1]),
             None,
         )

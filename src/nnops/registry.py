@@ -137,7 +137,9 @@ def score_model(model_uri: str, x: np.ndarray, y: np.ndarray) -> float:
         raise _mlflow_error(f"loading and scoring {model_uri}", exc) from exc
     if proba.ndim != 2 or len(proba) != len(y):
         raise NnopsError(f"{model_uri}: predicted shape {proba.shape} for {len(y)} test rows")
-    return float((proba.argmax(axis=1) == y).mean())
+    from nnops.scoring import accuracy
+
+    return accuracy(y, proba)
 
 
 Step = Callable[[str], None]

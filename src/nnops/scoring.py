@@ -56,6 +56,18 @@ def predict_proba(model: Any, x: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np
     return proba
 
 
+def accuracy(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """The share of rows whose most probable class is the true one (``sklearn.metrics``).
+
+    Args:
+        y_true: true class indices, shape (n,).
+        proba: predicted probabilities, shape (n, classes).
+    """
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(np.asarray(y_true), np.asarray(proba).argmax(axis=1)))
+
+
 def per_class_table(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
 ) -> list[dict[str, Any]]:

@@ -128,7 +128,7 @@ def figures(study: Any, out: Path) -> list[Path]:
     return written
 
 
-def summarise(study: Any, setup: Setup, out: Path) -> dict[str, Any]:
+def summarize(study: Any, setup: Setup, out: Path) -> dict[str, Any]:
     """The study's outcome: counts, best trial, its ``train`` section and the DVC command.
 
     Args:
@@ -232,7 +232,7 @@ def finish(setup: Setup, out: Path, status: str) -> dict[str, Any]:
     from nnops.tune_tracking import close_parent
 
     study = open_study(setup)
-    summary = summarise(study, setup, out)
+    summary = summarize(study, setup, out)
     best_file = out / BEST_FILE
     if "best_value" in summary:
         write_json(best_file, summary)
