@@ -361,7 +361,7 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
 CSV_PARAMS = {
     "data": {"source": "csv", "path": "inputs/digits.csv", "label_column": "label"},
     "train": {"epochs": 4},
-    "evaluate": {"explain": False},
+    "explain": {"enabled": False},
     "register": {"min_test_accuracy": 0.5, "require_good_fit": False},
 }
 

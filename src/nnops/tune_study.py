@@ -123,7 +123,7 @@ def open_study(setup: Setup, seed_offset: int = 0) -> Any:
             mark_killed(setup.tracking_uri, [run_id], "the trial's process stopped (heartbeat)")
 
     # Workers that start together on an empty database race to create Optuna's tables; the
-    # loser's insert fails on a unique key. A second try finds the tables made.
+    # loser's CREATE TABLE or insert fails (a duplicate table or key). A later try finds them.
     for attempt in range(STORAGE_TRIES):
         try:
             storage = optuna.storages.RDBStorage(
@@ -134,7 +134,8 @@ def open_study(setup: Setup, seed_offset: int = 0) -> Any:
             )
             break
         except Exception as exc:  # no driver, server down, bad URL: name the store, no traceback
-            if type(exc).__name__ == "IntegrityError" and attempt + 1 < STORAGE_TRIES:
+            racing = type(exc).__name__ in ("IntegrityError", "ProgrammingError")
+            if racing and attempt + 1 < STORAGE_TRIES:
                 time.sleep(0.2 * (attempt + 1))
                 continue
             first = (str(exc).strip().splitlines() or [""])[0][:300]

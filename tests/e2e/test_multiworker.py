@@ -97,7 +97,9 @@ def test_two_workers_end_with_the_same_weights(tmp_path: Path):
     assert summaries[0]["epochs_run"] == 3 and summaries[0]["restored"]["val_accuracy"] > 0.5
     # Only the chief tracks the run; both logged why steps_per_execution does not apply.
     assert (root / "w0/run.json").exists() and not (root / "w1/run.json").exists()
-    assert all("custom training loop runs all" in out for _, out in results)
+    assert all(
+        "train.distribute=multi_worker: the training loop runs all" in out for _, out in results
+    )
     assert "Traceback" not in results[0][1]
 
 

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FAST = {
     "train": {"epochs": 2},
-    "evaluate": {"explain": False},
+    "explain": {"enabled": False},
     "register": {"min_test_accuracy": 0.5, "require_good_fit": False},
 }
 

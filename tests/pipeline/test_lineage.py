@@ -128,7 +128,7 @@ def _uncached_outs() -> set[str]:
 
 def test_remote_shares_data_and_models_and_the_run_cache_restores_stages(tmp_path: Path) -> None:
     remote = tmp_path / "remote"
-    a = make_project(tmp_path / "a", {"train": {"epochs": 2}, "evaluate": {"explain": False}})
+    a = make_project(tmp_path / "a", {"train": {"epochs": 2}, "explain": {"enabled": False}})
     dvc("remote", "add", "-d", "shared", str(remote), cwd=a)
     _git(a, "add", ".dvc/config")
     _git(a, "commit", "-qm", "shared DVC remote")
