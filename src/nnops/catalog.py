@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,21 @@ def split_path(folder: str | Path, split: str) -> Path:
     return Path(folder) / f"{split}.npz"
 
 
+def data_hash(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> str:
+    """Return a sha256 over every processed array: split, key, dtype, shape and bytes.
+
+    Args:
+        arrays: the arrays per split (``preprocess.make_splits``'s, or one split's).
+    """
+    digest = hashlib.sha256()
+    for split in sorted(arrays):
+        for key in sorted(arrays[split]):
+            value = np.ascontiguousarray(arrays[split][key])
+            digest.update(f"{split}/{key}:{value.dtype.str}:{value.shape}\n".encode())
+            digest.update(value.data if value.size else b"")  # the bytes, without a copy
+    return digest.hexdigest()
+
+
 def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read the raw features ``x_raw`` and labels ``y`` of one processed split.
 
@@ -116,15 +132,6 @@ def read_history(path: str | Path, missing_ok: bool = False) -> dict[str, list[f
     return columns
 
 
-def file_sha256(path: str | Path) -> str:
-    """Return the sha256 of a file's bytes (the model a hand-over file was made with)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_predictions(
     path: str | Path, proba: np.ndarray, model_sha256: str, data_hash: str
 ) -> None:
@@ -133,7 +140,7 @@ def write_predictions(
     Args:
         path: ``reports/predictions.npz``.
         proba: probabilities, shape (test rows, classes).
-        model_sha256: :func:`file_sha256` of ``models/model.keras``.
+        model_sha256: :func:`nnops.io.file_sha256` of ``models/model.keras``.
         data_hash: ``data_hash`` of ``data/processed/meta.json``.
     """
     from nnops.io import atomic_path
@@ -155,7 +162,7 @@ def read_predictions(
 
     Args:
         path: ``reports/predictions.npz``.
-        model_sha256: :func:`file_sha256` of the model the caller uses.
+        model_sha256: :func:`nnops.io.file_sha256` of the model the caller uses.
         data_hash: ``data_hash`` of the processed data the caller uses.
         rows: the number of test rows.
     """

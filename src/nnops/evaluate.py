@@ -23,7 +23,7 @@ from nnops import catalog, plots
 from nnops.config import FitThresholds
 from nnops.diagnose import Diagnosis, diagnose, restored_epoch
 from nnops.errors import NnopsError
-from nnops.io import atomic_path, read_json, write_json
+from nnops.io import atomic_path, file_sha256, read_json, write_json
 from nnops.scoring import SPLITS, SplitScores, confusion_rows, predict_proba, score_split
 from nnops.tracking import RunInfo, read_run_info
 
@@ -192,7 +192,7 @@ def read_inputs(
         summary=read_json(summary) if Path(summary).is_file() else {},
         preprocessing=read_json(spec_file) if spec_file.is_file() else {},
         data_hash=str(meta.get("data_hash", "")),
-        model_sha256=catalog.file_sha256(model),
+        model_sha256=file_sha256(model),
         run=read_run_info(run),
     )
 

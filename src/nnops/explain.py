@@ -25,10 +25,10 @@ import numpy as np
 from nnops import plots
 from nnops import slices as sl
 from nnops.attribution import ClassAttribution, class_attributions
-from nnops.catalog import file_sha256, load_model, read_predictions
+from nnops.catalog import load_model, read_predictions
 from nnops.config import ExplainParams
 from nnops.errors import NnopsError
-from nnops.io import atomic_path
+from nnops.io import atomic_path, file_sha256
 from nnops.scoring import predict_proba
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nnops.config import PLACEHOLDER, DataParams
 from nnops.errors import NnopsError
-from nnops.io import atomic_path
+from nnops.io import atomic_path, file_sha256
 from nnops.secrets import (
     auth_header,
     basic_auth,
@@ -92,7 +92,7 @@ def fetch(
     target = Path(cache_dir) / f"{key}-{name}"
     expected = sha256.lower() if sha256 else None
     if target.exists() and not refresh:
-        if expected is None or _sha256(target) == expected:
+        if expected is None or file_sha256(target) == expected:
             log.info("using cached %s for %s", target, shown)
             return target
         log.info("cached %s does not match data.sha256; downloading again", target)
@@ -154,14 +154,6 @@ def download_source(params: DataParams, key: str = "data.url") -> tuple[str, str
     return url, auth
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_file(params: DataParams) -> Path:
     """Return the local file an npz / csv source reads, downloading it first if it is remote.
 
@@ -193,9 +185,10 @@ def source_file(params: DataParams) -> Path:
             f"received {params.path!r}, the placeholder for embedded sources"
         )
     path = input_file(path, f"a {params.source} file (data.path)")
-    if params.sha256 and _sha256(path) != params.sha256.lower():
+    actual = file_sha256(path) if params.sha256 else None
+    if actual is not None and actual != params.sha256.lower():
         raise NnopsError(
-            f"{path}: sha256 is {_sha256(path)}, expected {params.sha256.lower()} (data.sha256)"
+            f"{path}: sha256 is {actual}, expected {params.sha256.lower()} (data.sha256)"
         )
     return path
 

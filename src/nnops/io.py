@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -176,3 +177,12 @@ def read_yaml(text: str) -> Any:
         text: the YAML text.
     """
     return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Return the sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -7,7 +7,6 @@ offset)`` or ``Normalization(mean=..., variance=...)``), so a trained model can 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nnops.catalog import PREPROCESSING_JSON, PROCESSED_META, SPLITS, split_path
+from nnops.catalog import PREPROCESSING_JSON, PROCESSED_META, SPLITS, data_hash, split_path
 from nnops.config import Params, SplitParams
 from nnops.errors import NnopsError
 from nnops.split import split_indices
@@ -143,21 +142,6 @@ def make_splits(
             **{f"{SLICE_PREFIX}{c}": values[rows] for c, values in slices.items()},
         }
     return arrays, spec
-
-
-def data_hash(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> str:
-    """Return a sha256 over every processed array: split, key, dtype, shape and bytes.
-
-    Args:
-        arrays: the arrays per split, from :func:`make_splits`.
-    """
-    digest = hashlib.sha256()
-    for split in sorted(arrays):
-        for key in sorted(arrays[split]):
-            value = np.ascontiguousarray(arrays[split][key])
-            digest.update(f"{split}/{key}:{value.dtype.str}:{value.shape}\n".encode())
-            digest.update(value.data if value.size else b"")  # the bytes, without a copy
-    return digest.hexdigest()
 
 
 def test_only_classes(

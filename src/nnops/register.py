@@ -12,7 +12,6 @@ the one path that imports TensorFlow. The candidate's score is the evaluate stag
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from nnops.catalog import data_hash
 from nnops.config import MlflowParams, RegisterParams
 from nnops.errors import NnopsError
 from nnops.registry import (
@@ -194,11 +194,7 @@ def test_data_hash(x: np.ndarray, y: np.ndarray) -> str:
         x: raw test features.
         y: test class indices.
     """
-    digest = hashlib.sha256()
-    for array in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
-        digest.update(f"{array.dtype.str}{array.shape};".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:32]
+    return data_hash({"test": {"x_raw": x, "y": y}})
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def test_default_run_draws_both_grids_and_the_report(reproduced_project: Path):
     slices = json.loads((explain / "slices.json").read_text())
     assert len(slices["classes"]) == 10 and slices["slices"] == []
     # explain took evaluate's test probabilities (made from this model) instead of rescoring
-    from nnops.catalog import file_sha256
+    from nnops.io import file_sha256
 
     with np.load(root / "reports" / "predictions.npz") as npz:
         assert str(npz["model_sha256"]) == file_sha256(root / "models" / "model.keras")
