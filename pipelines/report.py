@@ -23,9 +23,10 @@ def main(args: argparse.Namespace, params: Params) -> None:
     lineage, baseline = rp.stage_lineage(root, info, timeout_s), rp.committed_params(root)
     report = rp.build_report(rp.load_inputs(params, lineage=lineage, baseline=baseline, **paths))
     out = Path(args.out)
-    write_text(out / "report.html", report.html)
-    write_text(out / "report.md", report.markdown)
-    log.info("wrote %s and %s", out / "report.html", out / "report.md")
+    html, md = out / catalog.REPORT_HTML.name, out / catalog.REPORT_MD.name
+    write_text(html, report.html)
+    write_text(md, report.markdown)
+    log.info("wrote %s and %s", html, md)
     rp.log_report(info, out, paths["explain"], timeout_s)
 
 

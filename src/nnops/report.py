@@ -349,10 +349,11 @@ def log_report(info: Any, out: Path, explain: Path, timeout_s: float) -> None:
     """
     import mlflow
 
+    from nnops.catalog import REPORT_HTML, REPORT_MD
     from nnops.tracking import resume_run
 
     with resume_run(info, timeout_s) as run:
-        for name in ("report.html", "report.md"):
+        for name in (REPORT_HTML.name, REPORT_MD.name):
             mlflow.log_artifact(str(out / name), artifact_path="report")
         if explain.is_dir():
             mlflow.log_artifacts(str(explain), artifact_path="explain")

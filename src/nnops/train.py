@@ -324,7 +324,9 @@ def train_stage(
     runtime = distribute.configure_runtime(p)  # before any other TensorFlow op
     spec_file = Path(data_dir) / catalog.PREPROCESSING_JSON
     check_preprocessing(data.preprocessing, data.x_train, x_pre, spec_file)
-    backup, state = prepare_backup(models / "backup", p, meta, int(data.x_train.shape[1]))
+    backup, state = prepare_backup(
+        models / catalog.BACKUP_DIR.name, p, meta, int(data.x_train.shape[1])
+    )
     run = TrackedRun.start(uri, params, meta, runtime, backup, state) if uri else None
     try:
         sinks = [run.logger, log_epoch] if run else [log_epoch]
