@@ -7,11 +7,11 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 
 from nnops.config import ConfigError, Params, load_params
 from nnops.errors import NnopsError
+from nnops.interrupts import Terminated, install
 from nnops.secrets import RedactingFilter, redact_text
 
 log = logging.getLogger("nnops")
@@ -72,6 +72,7 @@ def start_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> ar
     """
     quiet_environment()
     configure_logging()
+    install()  # SIGINT/SIGTERM raise Terminated, held back during tracking-store writes
     return parser.parse_args(argv)
 
 
@@ -91,8 +92,6 @@ def run_stage(
     """
     parser.add_argument("--params", default="params.yaml", help="the params file")
     args = start_command(parser, argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         params = load_params(args.params)
         main(args, params)
@@ -107,13 +106,4 @@ def run_stage(
     return 0
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that ``finally`` blocks and run bookkeeping happen."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_terminated(signum: int, _frame: object) -> None:
-    raise Terminated(signum)
+__all__ = ["Terminated", "run_stage", "start_command"]

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 from nnops.config import MlflowParams
 from nnops.errors import NnopsError
+from nnops.interrupts import deferred
 from nnops.io import read_json, repo_root, write_json
 from nnops.secrets import redact_url
 
@@ -182,21 +183,26 @@ def auth_failure(uri: str, exc: Exception) -> str | None:
 
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Serialise writers of an embedded sqlite store across processes (no-op for servers).
+    """Serialise writers of an embedded sqlite store across processes (no lock for servers).
+
+    SIGINT/SIGTERM received inside the block are raised when it ends (``interrupts.deferred``),
+    so a stop never cuts a commit in half.
 
     Args:
         uri: the tracking URI.
     """
     if not uri.startswith("sqlite:///"):
-        yield
+        with deferred():  # a signal lands after the request, not inside it
+            yield
         return
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     lock_path = db.with_name(db.name + ".lock")
     with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        fcntl.flock(fh, fcntl.LOCK_EX)  # waiting here can still be interrupted
         try:
-            yield
+            with deferred():  # a signal lands after the commit, not inside it
+                yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
