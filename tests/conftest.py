@@ -21,6 +21,28 @@ from nnops.stage import QUIET_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+_WARM_HOME = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Stages started by the tests share one warm server directory (``nnops.warm``), the
+    session's own: its servers are stopped when the session ends."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the workers inherit the controller's directory
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="nnops-warm-tests-"))
+    os.environ["NNOPS_WARM_DIR"] = str(home)
+    config.stash[_WARM_HOME] = home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = config.stash.get(_WARM_HOME, None)
+    if home is not None:
+        from nnops.warm_server import stop_servers
+
+        stop_servers(home)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def project_env(**extra: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ over.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from contextlib import contextmanager, suppress
 
 from nnops.errors import NnopsError
 from nnops.tracking import store_lock
+from nnops.warm import stage_pid
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def register_lease(
 
     client = MlflowClient(uri)
     lease = model_name + SUFFIX
-    holder = f"{socket.gethostname()} pid {os.getpid()}"
+    holder = f"{socket.gethostname()} pid {stage_pid()}"
     deadline = time.monotonic() + wait_s
     while True:
         try:

@@ -93,7 +93,13 @@ def run_stage(
     parser.add_argument("--params", default="params.yaml", help="the params file")
     args = start_command(parser, argv)
     try:
-        params = load_params(args.params)
+        params = load_params(args.params)  # bad params fail here, before any hand-over
+        if argv is None:  # a stage process DVC started: a warm server may run it (nnops.warm)
+            from nnops.warm import delegate
+
+            code = delegate(sys.argv[0], sys.argv[1:])
+            if code is not None:
+                return code
         main(args, params)
     except (ConfigError, NnopsError) as exc:
         print(f"{name}: error: {redact_text(str(exc))}", file=sys.stderr)

@@ -317,14 +317,16 @@ def resume_run(info: RunInfo, timeout_s: float = 10.0) -> Iterator[Any]:
             "retrain with `dvc repro -f train`"
         ) from None
     close_dead_runs(uri, info.experiment_id)
-    mlflow.MlflowClient(uri).set_tag(info.run_id, PID_TAG, str(os.getpid()))
+    mlflow.MlflowClient(uri).set_tag(info.run_id, PID_TAG, process_tags()[PID_TAG])
     with mlflow.start_run(run_id=info.run_id) as run:
         yield run
 
 
 def process_tags() -> dict[str, str]:
     """Tags naming this process, so that a later stage can tell a killed run from a live one."""
-    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    from nnops.warm import stage_pid  # a warm child: the stage process DVC started
+
+    return {PID_TAG: str(stage_pid()), HOST_TAG: socket.gethostname()}
 
 
 def process_alive(pid: int) -> bool:
@@ -358,6 +360,8 @@ def close_dead_runs(uri: str, experiment_id: str) -> list[str]:
     """
     from mlflow import MlflowClient
 
+    from nnops.warm import stage_pid
+
     client = MlflowClient(uri)
     host = socket.gethostname()
     closed = []
@@ -369,14 +373,14 @@ def close_dead_runs(uri: str, experiment_id: str) -> list[str]:
     for run in running:
         tags = run.data.tags
         pid = tags.get(PID_TAG, "")
-        if tags.get(HOST_TAG) != host or not pid.isdigit() or int(pid) == os.getpid():
+        if tags.get(HOST_TAG) != host or not pid.isdigit() or int(pid) == stage_pid():
             continue
         if process_alive(int(pid)):
             continue
         with store_lock(uri):
             client.set_tag(run.info.run_id, "nnops.end_reason",
                            f"its process {pid} on {host} died without ending it; closed by "
-                           f"process {os.getpid()}")  # fmt: skip
+                           f"process {stage_pid()}")  # fmt: skip
             client.set_terminated(run.info.run_id, "KILLED")
         log.warning(
             "MLflow run %s was left RUNNING by process %s, which is gone: marked KILLED",
