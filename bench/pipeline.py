@@ -11,14 +11,17 @@ On the embedded digits data it times the textbook script (a Keras Sequential MLP
 adam, sparse categorical cross-entropy, 5 epochs, then predict; in its own process), a full
 ``dvc repro``, the edit-and-rerun loop (``dvc exp run -S train.epochs=5 -S
 train.learning_rate=0.002``: train and what follows) and the no-op ``dvc repro`` against ``dvc
---version``. With ``--source npz`` it generates MNIST-shaped data (uint8 pixels, 10 classes,
+--version``, each with warm stage processes (``nnops.warm``, the default: the full repro starting
+with no server, the loop with the server up and again with none) and with ``NNOPS_WARM=0``.
+With ``--source npz`` it generates MNIST-shaped data (uint8 pixels, 10 classes,
 ``x_train/y_train/x_test/y_test``) and runs the data stages at a small size (the framework's
 baseline), at ``--rows`` and at ``--scale`` times that, so growth with the data is visible.
 
 Each stage process reports, through a ``sitecustomize`` hook on ``PYTHONPATH``, its wall time,
 the seconds its main thread spent importing (each outermost import, nested ones included; waiting
 for a background import counts), its CPU seconds (user + system: the fairer figure when other
-processes share the cores) and its peak RSS; work = wall - import.
+processes share the cores) and its peak RSS; work = wall - import. For a warm stage the CPU and
+peak RSS are those of the stage process and its warm child together.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ import os, sys, time
 _log = os.environ.get("NNOPS_BENCH_LOG")
 if _log:
     import atexit, importlib._bootstrap as _boot, json, resource, threading
-    _start, _depth, _spent = time.perf_counter(), [0], [0.0]
+    _start, _depth, _spent, _pid = time.perf_counter(), [0], [0.0], os.getpid()
     _find, _main = _boot._find_and_load, threading.get_ident()
 
     def _timed_find_and_load(name, import_):
@@ -90,14 +93,18 @@ if _log:
 
     def _report():
         script = sys.argv[0] if sys.argv else ""
-        if "pipelines" not in script:
+        # a warm child inherits this hook from its server: its stage process reports for it
+        if "pipelines" not in script or os.getpid() != _pid:
             return
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        warm = getattr(sys.modules.get("nnops.warm"), "last_child", None) or {}
         row = {
             "stage": os.path.splitext(os.path.basename(script))[0],
             "wall": time.perf_counter() - _start,
             "imports": _spent[0],
-            "cpu": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cpu": usage.ru_utime + usage.ru_stime + warm.get("cpu_s", 0.0),
+            "peak_mb": max(usage.ru_maxrss, warm.get("maxrss_kb", 0)) / 1024,
+            "warm": bool(warm),
         }
         with open(_log, "a") as fh:
             fh.write(json.dumps(row) + "\\n")
@@ -106,9 +113,13 @@ if _log:
 """
 
 
-def env(hook: Path | None = None, log: Path | None = None) -> dict[str, str]:
-    """The environment stages get: this venv first, no telemetry, the profiling hook if asked."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+def env(
+    hook: Path | None = None, log: Path | None = None, warm: Path | None = None
+) -> dict[str, str]:
+    """The environment stages get: this venv first, no telemetry, the profiling hook if asked;
+    warm servers in ``warm`` (a directory of the bench's own), or none (``NNOPS_WARM=0``)."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "NNOPS_"))}
+    out.update(NNOPS_WARM="1", NNOPS_WARM_DIR=str(warm)) if warm else out.update(NNOPS_WARM="0")
     out.update(QUIET_ENV)
     out.update(
         PATH=f"{BIN}{os.pathsep}{out.get('PATH', '')}",
@@ -151,12 +162,13 @@ def copy_project(dest: Path, params: dict | None = None) -> Path:
 class Runner:
     """Runs commands in one project copy, collecting the stage processes' profile rows."""
 
-    def __init__(self, root: Path, work: Path):
+    def __init__(self, root: Path, work: Path, warm: Path | None = None):
         self.root = root
         self.hook = work / "hook"
         self.hook.mkdir(exist_ok=True)
         (self.hook / "sitecustomize.py").write_text(textwrap.dedent(SITECUSTOMIZE))
         self.log = work / "stages.jsonl"
+        self.warm = warm
 
     def run(self, cmd: list[str], profile: bool = True) -> tuple[float, list[dict], str]:
         """Run ``cmd``; return its wall seconds, the stage rows it produced and its output."""
@@ -164,7 +176,7 @@ class Runner:
         start = time.perf_counter()
         proc = subprocess.run(
             cmd, cwd=self.root, text=True, capture_output=True,
-            env=env(self.hook, self.log) if profile else env(),
+            env=env(self.hook, self.log, self.warm) if profile else env(warm=self.warm),
         )  # fmt: skip
         wall = time.perf_counter() - start
         if proc.returncode != 0:
@@ -176,12 +188,13 @@ class Runner:
 def stage_table(title: str, rows: list[dict], total: float) -> None:
     """Print one row per stage: wall, import and work seconds, peak RSS."""
     print(title)
-    print(f"  {'stage':<12}{'wall s':>8}{'import s':>10}{'work s':>8}{'cpu s':>8}{'peak MB':>9}")
+    print(f"  {'stage':<12}{'wall s':>8}{'import s':>10}{'work s':>8}{'cpu s':>8}{'peak MB':>9}"
+          "  run")  # fmt: skip
     for r in rows:
         work = r["wall"] - r["imports"]
         print(
             f"  {r['stage']:<12}{r['wall']:>8.2f}{r['imports']:>10.2f}{work:>8.2f}"
-            f"{r['cpu']:>8.2f}{r['peak_mb']:>9.0f}"
+            f"{r['cpu']:>8.2f}{r['peak_mb']:>9.0f}  {'warm' if r.get('warm') else 'cold'}"
         )
     stages = sum(r["wall"] for r in rows)
     print(f"  {'stages':<12}{stages:>8.2f}   (the command took {total:.2f} s; the rest is DVC)")
@@ -193,35 +206,67 @@ def median_wall(runner: Runner, cmd: list[str], repeats: int) -> float:
 
 
 def digits(args: argparse.Namespace, work: Path) -> None:
-    """Textbook, full repro, the loop and the no-op repro on the embedded digits data."""
+    """Textbook, full repro, the loop and the no-op repro on the embedded digits data, with warm
+    stage processes (the default) and without (``NNOPS_WARM=0``), side by side."""
+    from nnops.warm_server import stop_servers
+
     params = {"train": {"epochs": 5}} if args.quick else None
-    root = copy_project(work / "repo", params)
-    runner = Runner(root, work)
     dvc = str(BIN / "dvc")
-    epochs = yaml.safe_load((root / "params.yaml").read_text())["train"]["epochs"]
-    textbook, _, out = runner.run([sys.executable, "-c", TEXTBOOK], profile=False)
-    accuracy = next(line for line in out.splitlines() if line.startswith("textbook accuracy"))
-    full, full_rows, _ = runner.run([dvc, "repro"])
     loop_cmd = [dvc, "exp", "run", "-S", "train.epochs=5", "-S", "train.learning_rate=0.002"]
-    loop, loop_rows, _ = runner.run(loop_cmd)
-    repeats = 3 if args.quick else 7
-    noop = median_wall(runner, [dvc, "repro"], repeats)
-    alone = median_wall(runner, [dvc, "--version"], repeats)
+    loop_back = [dvc, "exp", "run", "-S", "train.epochs=5", "-S", "train.learning_rate=0.003"]
+    cold_root = copy_project(work / "cold" / "repo", params)
+    cold = Runner(cold_root, work / "cold")
+    servers = work / "servers"
+    servers.mkdir(mode=0o700)
+    warm = Runner(copy_project(work / "warm" / "repo", params), work / "warm", warm=servers)
+    epochs = yaml.safe_load((cold_root / "params.yaml").read_text())["train"]["epochs"]
+    try:
+        textbook, _, out = cold.run([sys.executable, "-c", TEXTBOOK], profile=False)
+        accuracy = next(line for line in out.splitlines() if line.startswith("textbook accuracy"))
+        cold_full, cold_full_rows, _ = cold.run([dvc, "repro"])
+        cold_loop, cold_loop_rows, _ = cold.run(loop_cmd)
+        # Warm: the full repro starts with no server (its first stage starts one); the loop
+        # then finds it up, as in an edit-and-rerun session; and once more after `nnops warm
+        # stop` (a loop after the server's idle timeout, 600 s by default).
+        full, full_rows, _ = warm.run([dvc, "repro"])
+        loop, loop_rows, _ = warm.run(loop_cmd)
+        stop_servers(servers)
+        loop_first, _, _ = warm.run(loop_back, profile=False)
+        repeats = 3 if args.quick else 7
+        noop = median_wall(warm, [dvc, "repro"], repeats)
+        alone = median_wall(warm, [dvc, "--version"], repeats)
+    finally:
+        stop_servers(servers)
 
     print(f"nnops pipeline on the embedded digits data (train.epochs={epochs}), one run:")
     print(f"  textbook script (Sequential 64-64-softmax, 5 epochs, predict): {textbook:.2f} s"
           f"  [{accuracy}]")  # fmt: skip
-    print(f"  full dvc repro: {full:.2f} s;  loop ({' '.join(loop_cmd[1:])}): {loop:.2f} s")
+    print(f"  the loop is `{' '.join(loop_cmd[1:])}`")
+    print(
+        f"  warm stages (default): full dvc repro {full:.2f} s (no server at the start); "
+        f"loop {loop:.2f} s (server up), {loop_first:.2f} s (no server at the start)"
+    )
+    print(f"  NNOPS_WARM=0:          full dvc repro {cold_full:.2f} s; loop {cold_loop:.2f} s")
     print()
-    stage_table("full dvc repro, per stage:", full_rows, full)
+    stage_table("full dvc repro, warm stages, per stage:", full_rows, full)
     print()
-    stage_table("the loop (dvc exp run), per stage:", loop_rows, loop)
+    stage_table("the loop (dvc exp run), warm stages, per stage:", loop_rows, loop)
+    print()
+    stage_table("full dvc repro, NNOPS_WARM=0, per stage:", cold_full_rows, cold_full)
+    print()
+    stage_table("the loop, NNOPS_WARM=0, per stage:", cold_loop_rows, cold_loop)
     print()
     print(f"no-op dvc repro (median of {repeats}): {noop:.2f} s")
     print(f"dvc --version   (median of {repeats}): {alone:.2f} s")
     print()
-    print(f"loop / textbook: {loop / textbook:.2f}x")
-    print(f"full repro / textbook: {full / textbook:.2f}x")
+    print(
+        f"loop / textbook: {loop / textbook:.2f}x  (server up; {loop_first / textbook:.2f}x "
+        f"with none at the start; NNOPS_WARM=0: {cold_loop / textbook:.2f}x)"
+    )
+    print(
+        f"full repro / textbook: {full / textbook:.2f}x  (no server at the start; "
+        f"NNOPS_WARM=0: {cold_full / textbook:.2f}x)"
+    )
 
 
 def write_mnist_like(path: Path, rows: int, seed: int = 0) -> int:
@@ -259,7 +304,7 @@ def npz(args: argparse.Namespace, work: Path) -> None:
         params = {"data": {"source": "npz", "path": "inputs/bench.npz"}}
         root = copy_project(folder / "repo", params)
         data_bytes = write_mnist_like(root / "inputs" / "bench.npz", rows)
-        runner = Runner(root, folder)
+        runner = Runner(root, folder)  # NNOPS_WARM=0: each stage's own time and memory
         wall, stage_rows, _ = runner.run([dvc, "repro", "preprocess"])
         results.append((rows, data_bytes, wall, {r["stage"]: r for r in stage_rows}))
         if not args.keep:

@@ -122,7 +122,9 @@ def test_killed_training_resumes_from_its_backup_into_the_same_run(tmp_path: Pat
     params = {"train": {"epochs": 24, "batch_size": 8, "steps_per_execution": 8}}
     root = make_project(tmp_path / "repo", params)
     dvc("repro", "preprocess", cwd=root)
-    env = project_env()
+    # Cold: SIGKILL must stop the very process that trains, so the backup read below is final
+    # (a warm stage's child dies a moment after its stage process; tests/pipeline/test_warm.py).
+    env = project_env(NNOPS_WARM="0")
     cmd = [sys.executable, "pipelines/train.py", "--out", "models", "--reports", "reports/train"]
     meta = root / "models/backup/training_metadata.json"
     # The stage logs a line after each epoch is in the backup: read its log (a blocking read, no
