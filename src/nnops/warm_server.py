@@ -227,7 +227,7 @@ def _run_child(server: Server, conn: socket.socket, job: dict[str, Any], fds: li
         os.environ.clear()
         os.environ.update(job["env"])
         warm._stage_pid, warm._in_child = int(job["stage_pid"]), True
-        _fresh_random_state()
+        _fresh_process_state()
         for stream, tty in zip((sys.stdout, sys.stderr), job["tty"][1:], strict=True):
             if tty:
                 stream.reconfigure(line_buffering=True)
@@ -240,11 +240,16 @@ def _run_child(server: Server, conn: socket.socket, job: dict[str, Any], fds: li
         os._exit(_finish(code))
 
 
-def _fresh_random_state() -> None:
-    """Reseed what a new process would seed from the OS (``random`` reseeds itself at fork)."""
+def _fresh_process_state() -> None:
+    """Undo what the server's imports cached that a new process would compute afresh."""
+    import importlib
+    import tempfile
+
     numpy = sys.modules.get("numpy")
-    if numpy is not None:
+    if numpy is not None:  # ``random`` reseeds itself at fork; numpy's global state does not
         numpy.random.seed(None)
+    tempfile.tempdir = None  # TMPDIR of this stage, not of the server
+    importlib.invalidate_caches()  # modules added to src/nnops since the server started
 
 
 def _run_script(script: str, argv0: str, args: list[str]) -> int:

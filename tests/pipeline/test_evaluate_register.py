@@ -160,9 +160,11 @@ finally:
 
 
 def traced_stage(root: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """Run a stage in this very process (cold: a warm child's imports are not this process's)
+    and report whether it imported TensorFlow."""
     script = str(REPO / "pipelines" / f"{name}.py")
     return run([sys.executable, "-c", TRACED, script, "--params", "params.yaml"], cwd=root,
-               env=project_env())  # fmt: skip
+               env=project_env(NNOPS_WARM="0"))  # fmt: skip
 
 
 def test_evaluate_stage_writes_metrics_plots_and_logs_to_the_training_run(built: Path):

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -275,9 +276,9 @@ def run_ingest(tmp_path: Path, params_yaml: str) -> tuple[subprocess.CompletedPr
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
         "sys.exit(status)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
-    )
+    # Cold (NNOPS_WARM=0): the imports traced are those of the stage in this very process.
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "NNOPS_WARM": "0"})  # fmt: skip
     return proc, json.loads(proc.stdout.strip().splitlines()[-1].replace("'", '"'))
 
 

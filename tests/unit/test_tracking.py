@@ -91,6 +91,8 @@ def test_hung_server_fails_instead_of_hanging_naming_the_uri(monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         for key in HTTP_ENV:
             monkeypatch.delenv(key, raising=False)
+        # connect() keeps a user's value (the default is two tries of 5 s): one second suffices
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
         with pytest.raises(NnopsError, match=f"{uri.replace('.', '[.]')} did not answer"):
             connect(section("mlflow", connect_timeout_s=2))
 
