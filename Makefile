@@ -3,9 +3,8 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Test workers (pytest-xdist): a test module runs on one worker, so its fixtures are built once.
-# `make test` runs one process unless WORKERS=2 (two queued-experiment grids on two workers each
-# can then overlap and outlast their timeouts on 2 cores); `make test-unit` runs two.
-WORKERS ?= 1
+# `make test` and `make test-unit` run two (WORKERS=1: one process, e.g. to debug a failure).
+WORKERS ?= 2
 xdist = $(if $(filter 0 1,$(1)),,-n $(1) --dist loadscope)
 STAMP := $(VENV)/.installed
 
@@ -28,7 +27,7 @@ setup: $(STAMP)  ## create the virtualenv and install pinned requirements
 run: setup  ## set up and run the whole pipeline (dvc repro) on the embedded default data
 	. $(BIN)/activate && dvc repro
 
-test: setup  ## set up and run the whole test suite (unit, pipeline, e2e); WORKERS=2: two processes
+test: setup  ## set up and run the whole test suite (unit, pipeline, e2e) on two processes (WORKERS=1: one)
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_postgres.sh
 	. $(BIN)/activate && pytest $(call xdist,$(WORKERS))

@@ -26,7 +26,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     print(result.fit.summary())
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default=str(catalog.MODEL), help="the trained Keras model")
     p.add_argument("--run", default=str(catalog.RUN_INFO), help="the MLflow run of train")
@@ -38,4 +38,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage("evaluate", main, parser()))
+    sys.exit(run_stage("evaluate", main, build_parser()))

@@ -24,7 +24,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     ex.write_files(args.out, result.files)
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default=str(catalog.MODEL), help="the trained Keras model")
     p.add_argument("--data", default=str(catalog.PROCESSED_DIR), help="the processed data")
@@ -36,4 +36,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage("explain", main, parser()))
+    sys.exit(run_stage("explain", main, build_parser()))

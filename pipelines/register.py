@@ -25,7 +25,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     print(f"register: {record['model_name']} version {record['version']}: {record['reason']}")
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--run", default=str(catalog.RUN_INFO), help="the MLflow run written by train")
     p.add_argument("--metrics", default=str(catalog.METRICS_JSON), help="evaluate's metrics")
@@ -35,4 +35,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage("register", main, parser()))
+    raise SystemExit(run_stage("register", main, build_parser()))

@@ -39,7 +39,7 @@ INPUTS = {  # what the earlier stages wrote, by flag
 }  # fmt: skip
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     for name, path in INPUTS.items():
         p.add_argument("--" + name.replace("_", "-"), default=str(path), help="a stage's output")
@@ -48,4 +48,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage("report", main, parser()))
+    raise SystemExit(run_stage("report", main, build_parser()))

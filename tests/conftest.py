@@ -76,6 +76,34 @@ def run(
     return proc
 
 
+def stage_in_process(
+    stage: str, args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pipelines/<stage>.py`` in this process as its ``__main__`` does (``run_stage`` with
+    its own parser and body) from ``cwd``; return its exit code and captured output.
+
+    For tests where the stage's logic and messages are the point, not its process: the heavy
+    imports are paid once per test process. Each stage keeps at least one subprocess test.
+    """
+    import importlib.util
+
+    from nnops.stage import run_stage
+
+    path = REPO / "pipelines" / f"{stage}.py"
+    spec = importlib.util.spec_from_file_location(f"_stage_{stage}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        code = run_stage(stage, module.main, module.build_parser(), argv=list(args))
+    finally:
+        os.chdir(before)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([str(path), *args], code, out.out, out.err)
+
+
 def dvc(*args: str, cwd: Path, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
     """Run the real ``dvc`` CLI of this environment."""
     return run([str(BIN / "dvc"), *args], cwd=cwd, env=env, check=check, timeout=timeout)
@@ -372,10 +400,12 @@ def mlflow_store(_migrated_store: Path, tmp_path: Path) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _quiet_env(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     for key, value in QUIET_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if (REPO / "tests" / "unit") in request.path.parents:  # the unit tier starts no servers
+        monkeypatch.setenv("NNOPS_WARM", "0")
 
 
 # A user's CSV as the data source: scikit-learn's digits written out as a table (64 pixel columns

@@ -81,28 +81,50 @@ def data_hash(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
-def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read the raw features ``x_raw`` and labels ``y`` of one processed split.
+def read_split_arrays(
+    path: str | Path, keys: tuple[str, ...] = ("x_raw", "y"), prefix: str | None = None
+) -> dict[str, np.ndarray]:
+    """Read arrays of one processed split, checked: ``x_raw`` is (n, d), ``y`` (n,), and a
+    scaled copy ``x``, when asked for, has ``x_raw``'s shape. The one reader of these files.
 
     Args:
         path: a ``train.npz``, ``val.npz`` or ``test.npz`` written by the preprocess stage.
+        keys: the arrays that must be there (``x_raw`` and ``y`` always are).
+        prefix: also read every array whose name starts with this (explain's slice columns).
     """
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x_raw", "y") if k not in npz.files]
+            missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise NnopsError(f"{path}: missing array(s) {', '.join(missing)}")
-            # copy=False: an array already float32 is not copied (MNIST scale: 190 MB saved)
-            x = npz["x_raw"].astype(np.float32, copy=False)
-            y = npz["y"].astype(np.int64, copy=False)
+            extra = [k for k in npz.files if prefix and k.startswith(prefix) and k not in keys]
+            arrays = {k: npz[k] for k in (*keys, *extra)}
     except FileNotFoundError:
         raise NnopsError(f"{path}: file not found (did the preprocess stage run?)") from None
-    if x.ndim != 2 or len(x) != len(y):
+    except (OSError, ValueError, EOFError) as exc:
+        raise NnopsError(f"{path}: cannot read as npz ({exc})") from None
+    x, y = arrays.get("x_raw"), arrays.get("y")
+    if x is not None and y is not None and (x.ndim != 2 or y.ndim != 1 or len(x) != len(y)):
         raise NnopsError(
             f"{path}: x_raw has shape {x.shape} and y {y.shape}; expected (n, d), (n,)"
         )
-    return x, y
+    if x is not None and "x" in arrays and arrays["x"].shape != x.shape:
+        raise NnopsError(
+            f"{path}: x has shape {arrays['x'].shape}, x_raw {x.shape}; expected equal"
+        )
+    return arrays
+
+
+def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read the raw features ``x_raw`` (float32) and labels ``y`` (int64) of one processed split.
+
+    Args:
+        path: a ``train.npz``, ``val.npz`` or ``test.npz`` written by the preprocess stage.
+    """
+    arrays = read_split_arrays(path)
+    # copy=False: an array already float32 is not copied (MNIST scale: 190 MB saved)
+    return arrays["x_raw"].astype(np.float32, copy=False), arrays["y"].astype(np.int64, copy=False)
 
 
 def read_history(path: str | Path, missing_ok: bool = False) -> dict[str, list[float]] | None:

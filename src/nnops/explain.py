@@ -25,7 +25,7 @@ import numpy as np
 from nnops import plots
 from nnops import slices as sl
 from nnops.attribution import ClassAttribution, class_attributions
-from nnops.catalog import load_model, read_predictions
+from nnops.catalog import load_model, read_predictions, read_split_arrays
 from nnops.config import ExplainParams
 from nnops.errors import NnopsError
 from nnops.io import atomic_path, file_sha256
@@ -277,17 +277,7 @@ def read_test(path: str | Path, slice_by: Sequence[str]) -> dict[str, np.ndarray
         slice_by: ``explain.slice_by``.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = ["x_raw", "y", *[k for k in npz.files if k.startswith(sl.SLICE_PREFIX)]]
-            missing = [k for k in keys[:2] if k not in npz.files]
-            if missing:
-                raise NnopsError(f"{path}: missing array(s) {', '.join(missing)}")
-            test = {k: npz[k] for k in keys}
-    except FileNotFoundError:
-        raise NnopsError(f"{path}: file not found (did the preprocess stage run?)") from None
-    except (OSError, ValueError) as exc:
-        raise NnopsError(f"{path}: cannot read ({exc})") from None
+    test = read_split_arrays(path, ("x_raw", "y"), prefix=sl.SLICE_PREFIX)
     sl.select_slices(sl.slice_arrays(test), slice_by, str(path.parent))
     return test
 

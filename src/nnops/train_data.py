@@ -30,20 +30,6 @@ class TrainData:
     preprocessing: Mapping[str, Any]
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in ("x_raw", "x", "y")}
-    except FileNotFoundError:
-        raise NnopsError(f"{path}: file not found (did the preprocess stage run?)") from None
-    except KeyError as exc:
-        raise NnopsError(f"{path}: missing array {exc} (expected x_raw, x, y)") from None
-    x, y = arrays["x_raw"], arrays["y"]
-    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
-        raise NnopsError(f"{path}: x_raw {x.shape} and y {y.shape}; expected (n, d) and (n,)")
-    return arrays
-
-
 def load_processed(folder: str | Path) -> tuple[TrainData, dict[str, Any], np.ndarray]:
     """Read ``data/processed``: raw train/val arrays, the preprocessing spec and the meta.
 
@@ -54,8 +40,8 @@ def load_processed(folder: str | Path) -> tuple[TrainData, dict[str, Any], np.nd
         folder: the preprocess stage's output folder.
     """
     folder = Path(folder)
-    train = _read_arrays(catalog.split_path(folder, "train"))
-    val = _read_arrays(catalog.split_path(folder, "val"))
+    train = catalog.read_split_arrays(catalog.split_path(folder, "train"), ("x_raw", "x", "y"))
+    val = catalog.read_split_arrays(catalog.split_path(folder, "val"), ("x_raw", "x", "y"))
     meta = read_json(folder / catalog.PROCESSED_META)
     spec = read_json(folder / catalog.PREPROCESSING_JSON)
     n_classes = len(meta.get("class_names") or [])

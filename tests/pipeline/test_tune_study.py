@@ -119,8 +119,14 @@ def test_a_killed_study_resumes_and_its_dead_trial_is_closed(project: Path):
         deadline = time.monotonic() + 240
         while True:
             assert proc.poll() is None, (project / "tune.log").read_text()[-3000:]
-            states = [t.state.name for t in _study(project).trials] if _has_db(project) else []
-            if "COMPLETE" in states and states[-1] == "RUNNING":
+            trials = _study(project).trials if _has_db(project) else []
+            states = [t.state.name for t in trials]
+            # a running trial that already has its MLflow run (set a moment after it starts)
+            if (
+                "COMPLETE" in states
+                and states[-1] == "RUNNING"
+                and ("mlflow_run_id" in trials[-1].user_attrs)
+            ):
                 break
             assert time.monotonic() < deadline, states
             time.sleep(0.5)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp, wasserstein_distance
 
-from conftest import section
+from conftest import section, stage_in_process
 from nnops import data_profile, drift, expectations, validation_report
 from nnops.ingest import from_arrays
 from nnops.raw import RawData, read_raw, write_raw
@@ -246,14 +246,19 @@ def test_html_report_shows_each_expectation(tmp_path: Path):
     assert "FAILED" in page and "px_1" in page
 
 
-def run_stage(tmp_path: Path, raw: RawData) -> subprocess.CompletedProcess:
-    write_raw(raw, tmp_path / "raw")
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "raw", "--out", "out"]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+@pytest.fixture
+def run_stage(capsys):
+    """Run the validate stage in this process on raw data written to ``tmp_path/raw``."""
+
+    def run(tmp_path: Path, raw: RawData) -> subprocess.CompletedProcess:
+        write_raw(raw, tmp_path / "raw")
+        shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+        return stage_in_process("validate", ["--raw", "raw", "--out", "out"], tmp_path, capsys)
+
+    return run
 
 
-def test_stage_fails_with_one_line_per_failed_expectation(tmp_path: Path):
+def test_stage_fails_with_one_line_per_failed_expectation(tmp_path: Path, run_stage):
     proc = run_stage(tmp_path, frame_edit(lambda f: set_cell("px_4", np.inf)(extra_column(f))))
     assert proc.returncode == 2
     lines = [x for x in proc.stderr.splitlines() if x.startswith("validate: FAILED")]
@@ -265,7 +270,7 @@ def test_stage_fails_with_one_line_per_failed_expectation(tmp_path: Path):
     assert report["n_failed"] == 2 and (tmp_path / "out/validation.html").exists()
 
 
-def test_stage_passes_clean_data_and_writes_no_gx_project(tmp_path: Path):
+def test_stage_passes_clean_data_and_writes_no_gx_project(tmp_path: Path, run_stage):
     proc = run_stage(tmp_path, clean_raw())
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out/validation.json").read_text())["success"]
@@ -339,7 +344,7 @@ def test_params_bound_a_csv_source(tmp_path: Path):
     assert bad["column"] == "sepal length (cm)" and "split train" in bad["detail"]
 
 
-def test_stage_writes_a_training_profile(tmp_path: Path):
+def test_stage_writes_a_training_profile(tmp_path: Path, run_stage):
     proc = run_stage(tmp_path, clean_raw())
     assert proc.returncode == 0, proc.stderr
     profile = json.loads((tmp_path / "out/profile.json").read_text())
