@@ -96,6 +96,9 @@ def write_private(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
+AUTH_CACHE_TTL_S = 60  # seconds a worker trusts a checked user:password (MLflow's auth cache)
+
+
 def auth_config(dirs: TeamDirs, auth_db_uri: str) -> configparser.ConfigParser:
     """Load ``auth.ini`` or create it with a fresh admin password; keep ``database_uri`` current.
 
@@ -114,6 +117,9 @@ def auth_config(dirs: TeamDirs, auth_db_uri: str) -> configparser.ConfigParser:
     section.setdefault("admin_password", secrets.token_urlsafe(24))
     # Every signed-in team member may log runs and register models; admins manage users.
     section.setdefault("default_permission", "EDIT")
+    # Without it every request re-hashes the password (~0.3 s of server CPU on 2 cores: a stage
+    # makes dozens of requests). A password change reaches the other workers within this TTL.
+    section.setdefault("auth_cache_ttl_seconds", str(AUTH_CACHE_TTL_S))
     section["database_uri"] = auth_db_uri
     section["authorization_function"] = "mlflow.server.auth:authenticate_request_basic_auth"
     lines = ["[mlflow]", *(f"{k} = {v}" for k, v in section.items()), ""]

@@ -28,6 +28,7 @@ def test_auth_config_is_private_and_keeps_its_password(tmp_path: Path) -> None:
     on_disk.read(dirs.auth_ini)
     assert on_disk["mlflow"]["database_uri"].endswith(":2/mlflow_auth")
     assert on_disk["mlflow"]["default_permission"] == "EDIT"
+    assert on_disk["mlflow"]["auth_cache_ttl_seconds"] == str(team.AUTH_CACHE_TTL_S)
 
 
 def test_env_file_is_written_owner_only(tmp_path: Path) -> None:
