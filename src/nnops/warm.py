@@ -176,25 +176,20 @@ def _recv(sock: socket.socket, want_fds: int = 0) -> tuple[dict[str, Any] | None
     """Read one message (None at end of stream) and any descriptors sent with it."""
     fds: list[int] = []
     buf = b""
-    while len(buf) < _HEADER.size:
+    need = _HEADER.size
+    while len(buf) < need:
         if want_fds and not fds:
             chunk, fds, _, _ = socket.recv_fds(sock, 65536, want_fds)
         else:
             chunk = sock.recv(65536)
-        if not chunk:
+        if not chunk:  # the other side closed mid-message: nothing usable arrived
             for fd in fds:
                 os.close(fd)
             return None, []
         buf += chunk
-    (size,) = _HEADER.unpack_from(buf)
-    while len(buf) < _HEADER.size + size:
-        chunk = sock.recv(65536)
-        if not chunk:
-            for fd in fds:
-                os.close(fd)
-            return None, []
-        buf += chunk
-    return json.loads(buf[_HEADER.size : _HEADER.size + size]), fds
+        if len(buf) >= _HEADER.size:
+            need = _HEADER.size + _HEADER.unpack_from(buf)[0]
+    return json.loads(buf[_HEADER.size : need]), fds
 
 
 # --- The client: the stage process DVC started ---------------------------------------------
@@ -276,7 +271,7 @@ def _run_remote(sock: socket.socket, script: str, args: list[str]) -> int | None
     if not reply or "status" not in reply:  # the server died: so must the stage it was running
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
-        while _alive(child):
+        while os.path.exists(f"/proc/{child}"):  # Linux only, as warm stages are
             time.sleep(0.05)
         print(f"{Path(script).stem}: the warm server stopped while the stage ran (NNOPS_WARM=0 "
               "runs stages without it)", file=sys.stderr)  # fmt: skip
@@ -291,16 +286,6 @@ def _run_remote(sock: socket.socket, script: str, args: list[str]) -> int | None
         os.kill(os.getpid(), signum)
         return 128 + signum
     return os.waitstatus_to_exitcode(status)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _current_umask() -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nnops import warm
+from nnops.distribute import quiet_native_stderr
 from nnops.warm import DEFAULT_IDLE_S, PRELOAD, _private_dir, _recv, _send, runtime_dir
 
 
@@ -74,7 +75,7 @@ class Server:
             if self.stopping:
                 return
             try:
-                with _quiet_native_stderr():
+                with quiet_native_stderr():
                     __import__(name)
             except Exception as exc:  # a missing optional library: the child imports what it can
                 print(f"preload {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -186,21 +187,6 @@ class Server:
             with contextlib.suppress(OSError):
                 (self.home / f"{self.key}.lock").unlink()  # still held: no other server has it
             os.close(self.lock_fd)
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Send C-level writes to fd 2 (TensorFlow's CUDA probing) to /dev/null for the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _run_child(server: Server, conn: socket.socket, job: dict[str, Any], fds: list[int]) -> None:

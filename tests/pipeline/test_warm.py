@@ -51,15 +51,16 @@ def warm_env(home: Path, **extra: str) -> dict[str, str]:
 
 def ready_server(home: Path, env: dict[str, str], timeout_s: float = 240) -> dict:
     """Start the server for ``env`` (as the first stage does) and wait until it has preloaded."""
-    from nnops.warm_server import servers
+    from nnops.warm_server import ping
 
-    code = "from nnops import warm; warm.start_server(warm.runtime_dir(), warm.server_key())"
-    run([sys.executable, "-c", code], cwd=home, env=env)
+    code = ("from nnops import warm; key = warm.server_key(); print(key); "
+            "warm.start_server(warm.runtime_dir(), key)")  # fmt: skip
+    key = run([sys.executable, "-c", code], cwd=home, env=env).stdout.strip()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready = [s for s in servers(home).values() if s["ready"]]
-        if ready:
-            return ready[0]
+    while time.monotonic() < deadline:  # this env's server, not another one in ``home``
+        state = ping(home / f"{key}.sock")
+        if state and state["ready"]:
+            return state
         time.sleep(0.5)
     logs = "\n".join(p.read_text() for p in home.glob("*.log"))
     pytest.fail(f"no warm server became ready in {timeout_s} s:\n{logs[-3000:]}")
