@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, section
+from conftest import REPO, section, stage_in_process
 from nnops.errors import NnopsError
 from nnops.tracking import (
     connect,
@@ -213,7 +213,9 @@ def store_with_a_run(tmp_path, monkeypatch, mlflow_store):
 
 
 @pytest.mark.parametrize("damage", ["half_truncated", "zero_bytes", "not_sqlite"])
-def test_a_damaged_store_gives_one_line_naming_the_file(store_with_a_run: Path, damage: str):
+def test_a_damaged_store_gives_one_line_naming_the_file(
+    store_with_a_run: Path, damage: str, capsys: pytest.CaptureFixture[str]
+):
     db = store_with_a_run
     if damage == "half_truncated":
         with db.open("r+b") as fh:
@@ -230,24 +232,19 @@ def test_a_damaged_store_gives_one_line_naming_the_file(store_with_a_run: Path, 
         connect(section("mlflow", tracking_uri=f"sqlite:///{db}"))
     assert str(err.value).startswith(expected) and "restore it from a backup" in str(err.value)
     # The register stage (a later stage reading the store) says the same in one line, exit 2,
-    # once its own input files have been read.
+    # once its own input files have been read: as a process for one kind of damage, in this
+    # process for the others (the same code path after connect).
     data = db.parent / "processed"
     data.mkdir()
     np.savez(data / "test.npz", x_raw=np.zeros((2, 3), np.float32), y=np.array([0, 1]))
     (data / "meta.json").write_text('{"class_names": ["a", "b"]}')
-    cmd = [
-        sys.executable,
-        str(REPO / "pipelines/register.py"),
-        "--run",
-        "run.json",
-        "--metrics",
-        "metrics.json",
-        "--data",
-        str(data),
-        "--out",
-        "registry.json",
-    ]
-    proc = subprocess.run(cmd, cwd=db.parent, capture_output=True, text=True)
+    args = ["--run", "run.json", "--metrics", "metrics.json", "--data", str(data),
+            "--out", "registry.json"]  # fmt: skip
+    if damage == "half_truncated":
+        cmd = [sys.executable, str(REPO / "pipelines/register.py"), *args]
+        proc = subprocess.run(cmd, cwd=db.parent, capture_output=True, text=True)
+    else:
+        proc = stage_in_process("register", args, db.parent, capsys)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and expected in errors[0], proc.stderr
