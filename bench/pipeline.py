@@ -153,8 +153,13 @@ def copy_project(dest: Path, params: dict | None = None) -> Path:
         for section, values in params.items():
             data[section].update(values)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "bench"]):  # fmt: skip
+    return commit_all(dest, "bench")
+
+
+def commit_all(dest: Path, message: str, *first: list[str]) -> Path:
+    """``git init`` ``dest``, run the commands ``first`` there, then commit everything in it."""
+    for cmd in (["git", "init", "-q", "-b", "main"], *first, ["git", "add", "-A"],
+                ["git", "commit", "-qm", message]):  # fmt: skip
         subprocess.run(cmd, cwd=dest, env=env(), check=True, capture_output=True)
     return dest
 
@@ -223,11 +228,8 @@ def floor_project(dest: Path, stages: list[str]) -> Path:
         graph[name], before = stage, name
     (dest / "dvc.yaml").write_text(yaml.safe_dump({"stages": graph}, sort_keys=False))
     dvc = str(BIN / "dvc")
-    for cmd in (["git", "init", "-q", "-b", "main"], [dvc, "init", "-q"],
-                [dvc, "config", "core.analytics", "false"], [dvc, "repro", "-q"],
-                ["git", "add", "-A"], ["git", "commit", "-qm", "floor"]):  # fmt: skip
-        subprocess.run(cmd, cwd=dest, env=env(), check=True, capture_output=True)
-    return dest
+    return commit_all(dest, "floor", [dvc, "init", "-q"],
+                      [dvc, "config", "core.analytics", "false"], [dvc, "repro", "-q"])  # fmt: skip
 
 
 def digits(args: argparse.Namespace, work: Path) -> None:
