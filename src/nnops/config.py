@@ -217,6 +217,7 @@ class RegisterParams(_Section):
     require_good_fit: Bool
     compare_to_champion: Bool
     max_regression: UnitFraction
+    min_unseen_test_rows: PositiveInt
     challenger_alias: Bool
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from nnops import comparison
 from nnops.catalog import data_hash
 from nnops.config import MlflowParams, RegisterParams
 from nnops.errors import NnopsError
@@ -40,7 +41,6 @@ from nnops.registry import (
     promote,
     record_rejection,
     same_task,
-    score_model,
     task_of,
     task_signature,
 )
@@ -77,7 +77,9 @@ def gate_checks(
         params: the ``register`` params section.
         champion: None when there is no champion to beat (first model, or comparison off);
             else ``version``, ``accuracy`` (champion on the test data) and ``candidate_accuracy``
-            (the candidate scored the same way on the same data).
+            (the candidate scored the same way on the same data), with ``rows`` and ``overlap``
+            when the champion trained on some test rows (both were scored on the others), or
+            ``refused`` saying why no fair comparison is possible (the gate then fails).
     """
     margin = test_accuracy - params.min_test_accuracy
     gates = [
@@ -108,7 +110,18 @@ def gate_checks(
                 + ("" if ok else f"; register.require_good_fit asks for {GOOD_FIT!r}"),
             )
         )
-    if params.compare_to_champion and champion is not None:
+    if params.compare_to_champion and champion is not None and champion.get("refused"):
+        gates.append(
+            Gate(
+                name="not_worse_than_champion",
+                passed=False,
+                value=None,
+                threshold=None,
+                margin=None,
+                detail=str(champion["refused"]),
+            )
+        )
+    elif params.compare_to_champion and champion is not None:
         bound = float(champion["accuracy"]) - params.max_regression
         cand = float(champion["candidate_accuracy"])
         diff = cand - bound
@@ -123,6 +136,12 @@ def gate_checks(
                     f"test accuracy {cand:.4f} against champion version {champion['version']} "
                     f"at {float(champion['accuracy']):.4f} (allowed regression "
                     f"register.max_regression={params.max_regression})"
+                    + (
+                        f" on the {champion['rows']} test rows the champion did not train on "
+                        f"(it trained on {champion['overlap']})"
+                        if champion.get("overlap")
+                        else ""
+                    )
                     + ("" if diff >= 0 else f": worse by {-diff:.4f}")
                 ),
             )
@@ -230,28 +249,6 @@ class Candidate:
         return test_data_hash(*self.test)
 
 
-def champion_accuracy(client: Any, cand: Candidate, champion: Any, test_hash: str) -> float:
-    """The champion's test accuracy on the candidate's test data.
-
-    Read from the tags recorded at the champion's registration when the test data is the same;
-    else the champion is loaded and scored (this imports TensorFlow).
-
-    Args:
-        client: an ``mlflow.MlflowClient``.
-        cand: the candidate (its test split).
-        champion: the champion's model version.
-        test_hash: ``test_data_hash`` of the candidate's test split.
-    """
-    tags = dict(champion.tags or {})
-    if tags.get(TEST_HASH_TAG) == test_hash and tags.get(TEST_ACCURACY_TAG):
-        log.info("champion version %s: test accuracy on this test data recorded at its "
-                 "registration", champion.version)  # fmt: skip
-        return float(tags[TEST_ACCURACY_TAG])
-    log.info("scoring champion version %s on this test data (its recorded score is for other "
-             "data, or none was recorded)", champion.version)  # fmt: skip
-    return score_model(f"models:/{cand.name}@{CHAMPION}", *cand.test)
-
-
 def decide(
     client: Any, cand: Candidate, params: RegisterParams, on_step: Step | None = None
 ) -> dict[str, Any]:
@@ -341,6 +338,8 @@ def decision_record(
         "gates": [asdict(g) for g in gates],
         "failed_gates": [g.name for g in gates if not g.passed],
         "champion_accuracy": champion["accuracy"] if champion else None,
+        "compared_rows": champion["rows"] if champion else None,
+        "champion_trained_on_test_rows": champion["overlap"] if champion else None,
         "new_lineage": new_lineage,
         "task": dict(cand.task) if cand.task is not None else None,
     }
@@ -359,11 +358,9 @@ def _gate(
     if new_lineage:
         log.warning("%s", new_lineage)
     if previous is not None and not already and params.compare_to_champion and not new_lineage:
-        champion = {
-            "version": previous,
-            "accuracy": champion_accuracy(client, cand, current, test_hash),
-            "candidate_accuracy": cand.test_accuracy,
-        }
+        champion = comparison.champion_comparison(
+            client, cand, current, test_hash, params.min_unseen_test_rows
+        )
     record = decision_record(cand, params, previous, champion, new_lineage)
     if not already:
         tags = promotion_tags(

@@ -361,16 +361,23 @@ class TrackedRun:
             meta: ``data/processed/meta.json``.
             run_json: where to write the run's identifiers (``models/run.json``).
         """
+        import tempfile
+
+        from nnops.seen_rows import ARTIFACT_DIR, write_digests
+
         self.logger.catch_up(history)
-        info = finish_training_run(
-            self.info,
-            model,
-            data.x_train[:5],
-            run_metrics(summary),
-            files,
-            lineage(data_dir, data, meta),
-            pip_requirements(),
-        )
+        with tempfile.TemporaryDirectory(prefix="nnops-lineage-") as tmp:
+            seen = write_digests(tmp, data.x_train, data.x_val)
+            files = {**files, ARTIFACT_DIR: [*files.get(ARTIFACT_DIR, []), seen]}
+            info = finish_training_run(
+                self.info,
+                model,
+                data.x_train[:5],
+                run_metrics(summary),
+                files,
+                lineage(data_dir, data, meta),
+                pip_requirements(),
+            )
         write_run_info(run_json, info)
 
     def interrupted(self, exc: BaseException) -> None:

@@ -11,6 +11,7 @@ import csv
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,7 @@ def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
 
     from nnops.config import HiddenLayer
     from nnops.distribute import configure_runtime
+    from nnops.seen_rows import ARTIFACT_DIR, write_digests
     from nnops.tracking import RunInfo, write_run_info
     from nnops.train import fit, save_model, write_history_csv
     from nnops.train_data import load_processed
@@ -102,6 +104,9 @@ def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
         info = mlflow.keras.log_model(
             model, name="model", signature=signature, pip_requirements=["keras"]
         )
+        # The rows it learned from, as the train stage's TrackedRun.finish logs them.
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(write_digests(tmp, x, data.x_val)), ARTIFACT_DIR)
     write_run_info(
         root / "models" / "run.json",
         RunInfo(active.info.run_id, exp_id, uri, model_uri=info.model_uri),
@@ -301,6 +306,20 @@ def test_first_model_becomes_champion_then_a_worse_one_does_not(fresh: Path):
     assert "scoring champion version 1 on this test data" in proc.stderr
     rescored = json.loads((built / "reports" / "registry.json").read_text())["champion_accuracy"]
     assert rescored == rg.score_model(f"models:/{NAME}@champion", arrays["x_raw"], arrays["y"])
+
+    # Test data holding three of the champion's training rows (as after a reshuffle): they
+    # would flatter it, so the train stage's row digests exclude them from the comparison.
+    with np.load(built / "data" / "processed" / "train.npz") as f:
+        for key in arrays:
+            arrays[key][:3] = f[key][:3]
+    np.savez(test_npz, **arrays)
+    proc = stage(built, "register")
+    n = len(arrays["y"])
+    assert f"champion version 1 trained on 3 of the {n} test rows" in proc.stderr, proc.stderr
+    registry = json.loads((built / "reports" / "registry.json").read_text())
+    assert registry["champion_trained_on_test_rows"] == 3 and registry["compared_rows"] == n - 3
+    x, y = arrays["x_raw"][3:], arrays["y"][3:]
+    assert registry["champion_accuracy"] == rg.score_model(f"models:/{NAME}@champion", x, y)
 
 
 def test_bad_run_file_fails_clearly(tmp_path: Path, built: Path):

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -74,6 +75,13 @@ def test_editing_one_csv_cell_reruns_ingest_and_changes_the_run_data_hash(tmp_pa
         deps = yaml.safe_load(Path(lock_file).read_text())["stages"]["ingest"]["deps"]
         recorded = next(d["md5"] for d in deps if d["path"] == "inputs/digits.csv")
         assert recorded == md5
+    # ... and a digest of each row it trained on, for the register gate's fair comparison.
+    from nnops.catalog import read_split, split_path
+    from nnops.seen_rows import ARTIFACT, row_digests
+
+    seen = np.load(client.download_artifacts(new.info.run_id, ARTIFACT, str(tmp_path / "seen")))
+    rows = [read_split(split_path(root / "data" / "processed", s))[0] for s in ("train", "val")]
+    assert len(seen) > 1000 and np.array_equal(seen, row_digests(*rows))
 
 
 def test_data_path_url_is_tracked_and_sha256_is_checked(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ P = section(
     require_good_fit=True,
     compare_to_champion=True,
     max_regression=0.01,
+    min_unseen_test_rows=30,
     challenger_alias=True,
 )
 
@@ -253,3 +254,66 @@ def test_the_champion_score_on_the_same_test_data_is_reused_and_other_data_resco
     assert "scoring champion version 2" in caplog.text
     assert again["champion_accuracy"] == rg.score_model(f"models:/{QUOTED}/2", *other)
     assert again["champion_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_row_digests_match_rows_across_dtypes_and_find_the_seen_ones():
+    from nnops.seen_rows import row_digests, unseen_mask
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(20, 3)).astype(np.float32)
+    val = train[:5].copy()  # duplicates of training rows count once
+    seen = row_digests(train, val, None)
+    assert seen.dtype == np.uint64 and len(seen) == 20 and np.all(np.diff(seen) > 0)
+    new = rng.normal(size=(4, 3))
+    test = np.vstack([train[[3, 7]].astype(np.float64), new])
+    assert unseen_mask(test, seen).tolist() == [False, False, True, True, True, True]
+    zero = np.zeros((1, 3))
+    assert not unseen_mask(-zero, row_digests(zero))[0]  # -0.0 is 0.0
+    assert unseen_mask(train[:1, :2], seen)[0]  # the same values in another width differ
+    assert len(unseen_mask(np.zeros((0, 3)), seen)) == 0 and len(row_digests(None)) == 0
+
+
+@pytest.mark.slow
+def test_a_champion_is_compared_only_on_test_rows_it_did_not_train_on(
+    quoted_registry, tmp_path: Path, caplog
+):
+    from nnops.seen_rows import ARTIFACT_DIR, write_digests
+
+    client, (v1, v2) = quoted_registry
+    rng = np.random.default_rng(1)
+    trained = rng.normal(size=(60, 2)).astype(np.float32)
+    client.log_artifact(v1.run_id, str(write_digests(tmp_path, trained)), ARTIFACT_DIR)
+    own = (rng.normal(size=(40, 2)).astype(np.float32), rng.integers(0, 2, 40))
+    assert reg.decide(client, reg.Candidate(QUOTED, "1", v1.run_id, METRICS, own), P)["promoted"]
+
+    low = {"test": {"accuracy": 0.0}, "fit": {"verdict": "good fit"}}
+    # New test data of which 32 rows were the champion's training rows (the data was
+    # reshuffled): 8 unseen rows are too few for a fair comparison, so the gate fails.
+    x = np.vstack([trained[:32], rng.normal(size=(8, 2)).astype(np.float32)])
+    y = rng.integers(0, 2, 40)
+    refused = reg.decide(client, reg.Candidate(QUOTED, "2", v2.run_id, METRICS, (x, y)), P)
+    assert not refused["promoted"] and refused["failed_gates"] == ["not_worse_than_champion"]
+    gate = by_name([reg.Gate(**g) for g in refused["gates"]])["not_worse_than_champion"]
+    assert "champion version 1 trained on 32 of the 40 test rows" in gate.detail
+    assert "leaving 8" in gate.detail and "register.min_unseen_test_rows=30" in gate.detail
+    assert refused["champion_accuracy"] is None and refused["champion_trained_on_test_rows"] == 32
+    assert str(rg.alias_version(client, QUOTED, reg.CHAMPION).version) == "1"
+
+    # No row in common: the champion is scored on all of them (a low score keeps it champion).
+    x, y = rng.normal(size=(12, 2)).astype(np.float32), rng.integers(0, 2, 12)
+    with caplog.at_level("INFO", logger="nnops.register"):
+        clean = reg.decide(client, reg.Candidate(QUOTED, "2", v2.run_id, low, (x, y)), P)
+    assert "none of its rows were among" in caplog.text
+    assert clean["compared_rows"] == 12 and clean["champion_trained_on_test_rows"] == 0
+
+    # 10 seen rows among 45: both models are scored on the 35 others, not the evaluate score.
+    x = np.vstack([rng.normal(size=(35, 2)).astype(np.float32), trained[40:50]])
+    y = rng.integers(0, 2, 45)
+    with caplog.at_level("INFO", logger="nnops.register"):
+        fair = reg.decide(client, reg.Candidate(QUOTED, "2", v2.run_id, METRICS, (x, y)), P)
+    assert "trained on 10 of the 45 test rows" in caplog.text
+    assert fair["compared_rows"] == 35 and fair["champion_trained_on_test_rows"] == 10
+    assert fair["champion_accuracy"] == rg.score_model(f"models:/{QUOTED}/1", x[:35], y[:35])
+    gate = by_name([reg.Gate(**g) for g in fair["gates"]])["not_worse_than_champion"]
+    assert gate.value == rg.score_model(f"models:/{QUOTED}/2", x[:35], y[:35])
+    assert "on the 35 test rows the champion did not train on (it trained on 10)" in gate.detail

@@ -1,0 +1,76 @@
+"""The register gate's comparison with the champion, on test rows the champion never saw.
+
+When the candidate's test data is the champion's own test split, the champion's score recorded
+at its registration is reused. Otherwise (the data was reshuffled, grew or changed) the champion
+is rescored, but only on the test rows its run's row digests (``nnops.seen_rows``) say it did not
+train on, and the candidate with it; with too few such rows the comparison is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nnops.registry import CHAMPION, TEST_ACCURACY_TAG, TEST_HASH_TAG, score_model
+from nnops.seen_rows import read_seen, unseen_mask
+
+log = logging.getLogger("nnops.register")
+
+
+def champion_comparison(
+    client: Any, cand: Any, champion: Any, test_hash: str, min_rows: int
+) -> dict[str, Any]:
+    """The champion's test accuracy on the candidate's test data, scored fairly.
+
+    Read from the tags recorded at the champion's registration when the test data is the same
+    (its own test split, which it never trained on). Else the champion is loaded and scored
+    (this imports TensorFlow) on the test rows it did not train on, found with the row digests
+    its run logged; when it trained on some, the candidate is rescored on
+    the same rows. Fewer than ``min_rows`` such rows: the comparison is refused.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        cand: the ``nnops.register.Candidate`` (its test split, name, version, accuracy).
+        champion: the champion's model version.
+        test_hash: ``test_data_hash`` of the candidate's test split.
+        min_rows: ``register.min_unseen_test_rows``.
+
+    Returns:
+        ``version``, ``accuracy``, ``candidate_accuracy``, ``rows`` (test rows compared on) and
+        ``overlap`` (test rows the champion trained on; None when unknown), or ``refused``.
+    """
+    x, y = cand.test
+    out: dict[str, Any] = {"version": str(champion.version), "rows": len(y), "overlap": 0,
+                           "candidate_accuracy": cand.test_accuracy}  # fmt: skip
+    tags = dict(champion.tags or {})
+    if tags.get(TEST_HASH_TAG) == test_hash and tags.get(TEST_ACCURACY_TAG):
+        log.info("champion version %s: test accuracy on this test data recorded at its "
+                 "registration", champion.version)  # fmt: skip
+        return out | {"accuracy": float(tags[TEST_ACCURACY_TAG])}
+    uri = f"models:/{cand.name}@{CHAMPION}"
+    seen = read_seen(client, champion.run_id)
+    if seen is None:
+        log.warning("scoring champion version %s on all %d test rows: its run logged no "
+                    "digests of its training rows, so it may have trained on some of them",
+                    champion.version, len(y))  # fmt: skip
+        return out | {"accuracy": score_model(uri, x, y), "overlap": None}
+    keep = unseen_mask(x, seen)
+    overlap, rows = int((~keep).sum()), int(keep.sum())
+    if not overlap:
+        log.info("scoring champion version %s on this test data (none of its rows were among "
+                 "the champion's training rows)", champion.version)  # fmt: skip
+        return out | {"accuracy": score_model(uri, x, y)}
+    what = (f"champion version {champion.version} trained on {overlap} of the {len(y)} test rows"
+            f" (the data was reshuffled or grew)")  # fmt: skip
+    if rows < min_rows:
+        return out | {"accuracy": None, "overlap": overlap, "rows": rows, "refused": (
+            f"no fair comparison: {what}, leaving {rows} it did not see, fewer than "
+            f"register.min_unseen_test_rows={min_rows}; the model is not promoted over it "
+            "(move the @champion alias by hand to promote it anyway)")}  # fmt: skip
+    log.warning("%s; both models are compared on the other %d", what, rows)
+    return out | {
+        "accuracy": score_model(uri, x[keep], y[keep]),
+        "candidate_accuracy": score_model(f"models:/{cand.name}/{cand.version}", x[keep], y[keep]),
+        "rows": rows,
+        "overlap": overlap,
+    }
