@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnops.io import read_yaml
-from nnops.secrets import redact_text
+from nnops.secrets import redact_text, redact_url, url_secret
 
 PARAMS_FILE = "params.yaml"
 
@@ -72,6 +72,15 @@ class DataParams(_Section):
                 f"data.source={self.source!r} needs data.path (a local file) or data.url "
                 f"(a download source); received {got}"
             )
+        for key, value in (("data.path", self.path), ("data.url", self.url)):
+            secret = url_secret(value) if value else None
+            if secret:
+                raise ValueError(
+                    f"{key}={redact_url(value)!r} carries a secret ({secret}): dvc.lock records "
+                    f"{key} as written, and DVC prints it in its own messages. Put the URL in an "
+                    "environment variable named by data.url_env, or keep the bare URL here and "
+                    "the credentials in one named by data.auth_env (README, 'Secrets')"
+                )
         if self.url and self.url_env:
             raise ValueError(
                 "data.url and data.url_env both set; give the URL in one place (data.url_env "

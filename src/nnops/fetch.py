@@ -133,24 +133,17 @@ def fetch(
     return target
 
 
-def download_source(params: DataParams, key: str = "data.url") -> tuple[str, str | None]:
+def download_source(params: DataParams) -> tuple[str, str | None]:
     """The URL to download and the ``Authorization`` header, secrets read from the environment.
 
     Args:
         params: the ``data`` params section (``url`` or ``url_env``, optional ``auth_env``).
-        key: the params key the URL in ``params.url`` came from, for messages.
     """
     try:
         url = from_env(params.url_env, "data.url_env") if params.url_env else str(params.url)
         auth = auth_header(from_env(params.auth_env, "data.auth_env")) if params.auth_env else None
     except KeyError as exc:
         raise NnopsError(str(exc.args[0])) from None
-    if params.url and redact_url(params.url) != params.url:
-        log.warning(
-            "%s carries a secret (credentials or a query); params.yaml and dvc.lock keep it "
-            "verbatim: name environment variables in data.url_env / data.auth_env instead",
-            key,
-        )
     return url, auth
 
 
@@ -160,7 +153,8 @@ def source_file(params: DataParams) -> Path:
     ``data.path`` may be an http(s) URL: DVC then tracks it by its ETag (a changed upstream file
     reruns ingest), and it is fetched into ``data.cache_dir``. ``data.url`` (or the URL in the
     environment variable ``data.url_env`` names) is fetched the same way. Secrets come from the
-    environment (``data.auth_env``) or from ``user:pass@`` in the URL, sent as HTTP basic auth.
+    environment only (``data.auth_env``, or ``user:pass@`` in the URL ``data.url_env`` names,
+    sent as HTTP basic auth): the params check refuses them in ``data.path`` and ``data.url``.
     ``data.sha256``, when given, is checked before the file is used, local or not.
 
     Args:
@@ -176,7 +170,7 @@ def source_file(params: DataParams) -> Path:
         return fetch(url, params.cache_dir, params.sha256, authorization=auth)
     if _is_url(params.path):
         # DVC reruns ingest when the upstream file changed: fetch it anew, never the cached copy.
-        url, auth = download_source(params.model_copy(update={"url": params.path}), "data.path")
+        url, auth = download_source(params.model_copy(update={"url": params.path}))
         return fetch(url, params.cache_dir, params.sha256, refresh=True, authorization=auth)
     path = Path(params.path or "")
     if not params.path or path.as_posix() == PLACEHOLDER:

@@ -54,6 +54,34 @@ def redact_text(text: str) -> str:
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
+# Query parameter names that hold a credential: tokens, API keys, signed-URL signatures (S3,
+# GCS, Azure SAS), passwords, session ids. Other queries (``?dl=1``, ``?raw=true``) are not secret.
+_SECRET_QUERY = re.compile(
+    r"token|key|sig|secret|pass|pwd|auth|cred|session|x-amz-|x-goog-", re.IGNORECASE
+)
+
+
+def url_secret(url: str) -> str | None:
+    """What secret a URL carries, in words ("a password", "the query value 'token'"), or None.
+
+    User info (``user:password@`` or ``token@``) always counts; a query parameter counts when
+    its name looks like a credential.
+
+    Args:
+        url: any string; one that is not a URL carries none.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.netloc:
+        return None
+    if "@" in parts.netloc:
+        return "a password" if ":" in parts.netloc.rsplit("@", 1)[0] else "a user name or token"
+    keys = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY.search(k)]
+    return f"the query value {keys[0]!r}" if keys else None
+
+
 def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     """Take ``user:password@`` out of a URL: return the bare URL and the credentials, if any.
 

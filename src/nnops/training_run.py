@@ -43,7 +43,8 @@ LOCK_ARTIFACT = "lineage/dvc.lock"
 
 
 def log_dvc_lock(run_id: str, root: Path | None = None) -> None:
-    """Attach the workspace's ``dvc.lock`` to the run (``lineage/dvc.lock``), if there is one.
+    """Attach the workspace's ``dvc.lock`` to the run (``lineage/dvc.lock``), if there is one,
+    with the secrets of any URL in it masked.
 
     While a stage runs, ``dvc.lock`` holds the hashes of every stage DVC finished before it (the
     user's data file among the ingest deps), so the run carries the exact inputs it was built on.
@@ -52,10 +53,21 @@ def log_dvc_lock(run_id: str, root: Path | None = None) -> None:
         run_id: the MLflow run.
         root: the repository root; the working directory when omitted.
     """
+    import tempfile
+
     import mlflow
 
+    from nnops.secrets import redact_text
+
     lock = (root or Path.cwd()) / "dvc.lock"
-    if lock.is_file():
+    if not lock.is_file():
+        return
+    text = lock.read_text(encoding="utf-8")
+    masked = redact_text(text)  # a URL dep with a query or user info (a lock written by hand)
+    with tempfile.TemporaryDirectory(prefix="nnops-lock-") as tmp:
+        if masked != text:
+            lock = Path(tmp) / "dvc.lock"
+            lock.write_text(masked, encoding="utf-8")
         mlflow.MlflowClient().log_artifact(run_id, str(lock), artifact_path="lineage")
 
 

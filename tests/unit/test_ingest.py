@@ -21,6 +21,7 @@ import yaml
 
 from conftest import section
 from nnops import fetch, ingest
+from nnops.config import ConfigError
 from nnops.errors import NnopsError
 from nnops.raw import read_raw, write_raw
 from nnops.secrets import basic_auth
@@ -344,17 +345,47 @@ def csv_params(tmp_path: Path, **data: object):
 
 
 def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(
-    auth_root, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    auth_root, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ):
     host, _ = auth_root
-    url = f"http://{USER}:s3cr%40t%3Apw@{host}/people.csv?token=wrong"
+    monkeypatch.setenv("PEOPLE_URL", f"http://{USER}:s3cr%40t%3Apw@{host}/people.csv?token=wrong")
     caplog.set_level("DEBUG")
-    raw = ingest.load(csv_params(tmp_path, url=url))
+    raw = ingest.load(csv_params(tmp_path, url_env="PEOPLE_URL"))
     assert len(raw.frame) == 12
     assert AuthHandler.seen[-1] == {"auth": basic_auth(USER, PASSWORD), "host": host}
     assert "s3cr" not in caplog.text and "wrong" not in caplog.text
     assert f"http://{USER}:***@{host}/people.csv?token=***" in caplog.text
-    assert "data.auth_env" in caplog.text  # the warning says where secrets belong
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        (f"https://{USER}:{PASSWORD}@h/p.csv", "a password"),
+        (f"https://{TOKEN}@h/p.csv", "a user name or token"),
+        (f"https://h/p.csv?dl=1&access_token={TOKEN}", "the query value 'access_token'"),
+        (f"https://b.s3.amazonaws.com/p.csv?X-Amz-Signature={TOKEN}", "'X-Amz-Signature'"),
+        (f"https://a.blob.core.windows.net/c/p.csv?sv=2022&sig={TOKEN}", "the query value 'sig'"),
+    ],
+)
+@pytest.mark.parametrize("key", ["path", "url"])
+def test_a_secret_in_data_path_or_data_url_is_refused_without_showing_it(
+    key: str, url: str, secret: str
+):
+    from nnops.config import parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(source="csv", **{key: url})
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert f"data.{key}=" in message and "carries a secret (" in message and secret in message
+    assert "dvc.lock records" in message and "data.url_env" in message
+    assert TOKEN not in message and PASSWORD not in message
+
+
+def test_a_url_with_a_plain_query_is_accepted(tmp_path: Path):
+    params = csv_params(tmp_path, path="https://h/p.csv?dl=1&raw=true")
+    assert params.path.endswith("?dl=1&raw=true")
 
 
 def test_a_wrong_password_is_named_without_the_password(auth_root, tmp_path: Path):
@@ -386,11 +417,11 @@ def test_flat_params_mask_url_secrets():
     from nnops.config import parse_params
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"].update(source="csv", url=f"https://{USER}:{PASSWORD}@h/p.csv?token={TOKEN}")
-    raw["mlflow"]["tracking_uri"] = f"https://{USER}:{PASSWORD}@mlflow.example"
+    raw["data"].update(source="csv", url="https://h/p.csv?dl=1")
+    raw["mlflow"]["tracking_uri"] = f"https://{USER}:{PASSWORD}@mlflow.example?token={TOKEN}"
     flat = parse_params(raw).flat()
-    assert flat["data.url"] == f"https://{USER}:***@h/p.csv?token=***"
-    assert flat["mlflow.tracking_uri"] == f"https://{USER}:***@mlflow.example"
+    assert flat["data.url"] == "https://h/p.csv?dl=***"
+    assert flat["mlflow.tracking_uri"] == f"https://{USER}:***@mlflow.example?token=***"
     assert TOKEN not in json.dumps(flat) and "s3cr" not in json.dumps(flat)
 
 
@@ -437,19 +468,17 @@ def test_directory_missing_file_and_symlink_loop_are_told_apart(tmp_path: Path):
     assert len(set(messages.values())) == 4
 
 
-def test_a_data_path_url_is_watched_and_its_secrets_named_under_data_path(
+def test_a_data_path_url_with_credentials_is_refused_and_auth_env_fetches_it(
     auth_root, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ):
     host, _ = auth_root
     caplog.set_level("INFO")
-    url = f"http://{USER}:{PASSWORD}@{host}/people.csv"
-    assert len(ingest.load(csv_params(tmp_path, path=url)).frame) == 12
-    assert AuthHandler.seen[-1]["auth"] == basic_auth(USER, PASSWORD)
-    assert PASSWORD not in caplog.text
-    assert "data.path carries a secret" in caplog.text and "data.url carries" not in caplog.text
-    # the same URL with the secret in the environment instead: no warning, same file
-    caplog.clear()
+    with pytest.raises(ValueError, match=r"data\.path='http://bob:\*\*\*@.*a password") as err:
+        csv_params(tmp_path, path=f"http://{USER}:{PASSWORD}@{host}/people.csv")
+    assert PASSWORD not in str(err.value)
+    # the same URL with the secret in the environment instead: fetched, and watched by DVC
     monkeypatch.setenv("PEOPLE_AUTH", f"{USER}:{PASSWORD}")
     params = csv_params(tmp_path, path=f"http://{host}/people.csv", auth_env="PEOPLE_AUTH")
     assert len(ingest.load(params).frame) == 12
-    assert "carries a secret" not in caplog.text
+    assert AuthHandler.seen[-1]["auth"] == basic_auth(USER, PASSWORD)
+    assert PASSWORD not in caplog.text

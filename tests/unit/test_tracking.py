@@ -278,3 +278,26 @@ def test_a_copied_project_logs_into_its_own_store_not_the_one_it_came_from(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set by mlflow.set_tracking_uri
     elsewhere = dataclasses.replace(copied, extra={"run_name": "x"})
     assert store_uri(elsewhere, 5) == f"sqlite:///{original / 'mlflow.db'}"
+
+
+def test_the_dvc_lock_logged_with_a_run_masks_url_secrets(tmp_path: Path, mlflow_store: str):
+    import mlflow
+
+    from nnops.training_run import LOCK_ARTIFACT, log_dvc_lock
+
+    lock = ("stages:\n  ingest:\n    deps:\n    - path: https://h/d.csv?token=tok-123\n"
+            "      etag: abc\n    - path: inputs/x.csv\n      md5: 0f\n")  # fmt: skip
+    (tmp_path / "dvc.lock").write_text(lock)
+    client = mlflow.MlflowClient(mlflow_store)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp)
+    mlflow.set_tracking_uri(mlflow_store)
+    try:
+        log_dvc_lock(run.info.run_id, tmp_path)
+    finally:
+        mlflow.set_tracking_uri(None)
+    logged = client.download_artifacts(run.info.run_id, LOCK_ARTIFACT, str(tmp_path / "dl"))
+    text = Path(logged).read_text()
+    assert "tok-123" not in text and "path: https://h/d.csv?token=***" in text
+    assert "path: inputs/x.csv\n      md5: 0f" in text
+    assert (tmp_path / "dvc.lock").read_text() == lock  # the workspace's lock is left alone
