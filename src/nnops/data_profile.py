@@ -7,7 +7,8 @@ small tables that keep every guarantee:
 - ``columns``: the raw table with no rows (names and order, for the schema check);
 - ``rows``: one row per example: ``label``, ``origin`` and a ``row_hash`` over features + label;
 - ``features``: one row per feature column: dtype, missing and infinite counts, finite min and
-  max, and the drift decision between the train and test partitions (:mod:`nnops.drift`);
+  max, whether it is a row number or id (``row_id``), and the drift decision between the train
+  and test partitions (:mod:`nnops.drift`);
 - ``classes``: one row per class: count and share of rows.
 
 :func:`reference_profile` keeps what a new batch is checked against (``profile.json``).
@@ -16,6 +17,7 @@ small tables that keep every guarantee:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +101,30 @@ def _summaries(values: np.ndarray) -> tuple[np.ndarray, ...]:
     return missing, infinite, low, high
 
 
+# Column names that say "row number or identifier" (pandas writes its index as "Unnamed: 0").
+_ID_NAME = re.compile(r"(?i)^(id|idx|index|row|rowid|row_id|row_number|unnamed: ?\d+)$|_id$")
+
+
+def _row_ids(names: list[str], values: np.ndarray, low: np.ndarray, high: np.ndarray) -> list[int]:
+    """Flag (1) each feature row of ``values`` that is a row number or id, else 0.
+
+    A feature is one when its values are distinct integers and either run consecutively (one
+    per row: ``0..n-1``, ``1..n``, shuffled or not) or its name says id or index. Only columns
+    whose range or name allows it are looked at, so pixel blocks cost nothing.
+    """
+    n = values.shape[1]
+    flags = [0] * len(names)
+    for i, name in enumerate(names):
+        consecutive = n > 1 and high[i] - low[i] + 1 == n
+        if not (consecutive or _ID_NAME.search(name)) or n < 2:
+            continue
+        row = values[i]
+        if row.dtype.kind == "f" and not (np.isfinite(row).all() and (row == np.round(row)).all()):
+            continue
+        flags[i] = int(len(np.unique(row)) == n)
+    return flags
+
+
 def profile(
     frame: pd.DataFrame, meta: dict[str, Any], split: SplitParams, params: ValidateParams
 ) -> Profile:
@@ -118,8 +144,11 @@ def profile(
         missing, infinite, low, high = _summaries(values)
         cmp = compare(values, train, test)
         drift_parts.append(drift_table(names, cmp, len(train), params))
+        ids = _row_ids(names, values, low, high)
         for i, name in enumerate(names):
-            records.append((name, str(frame[name].dtype), missing[i], infinite[i], low[i], high[i]))
+            records.append(
+                (name, str(frame[name].dtype), missing[i], infinite[i], low[i], high[i], ids[i])
+            )
             reference[name] = {
                 "n": int(cmp.n_first[i]),
                 "mean": cmp.mean_first[i],
@@ -127,7 +156,8 @@ def profile(
                 "sketch": cmp.sketch[i].tolist(),
             }
     table = pd.DataFrame(
-        records, columns=["feature", "dtype", "n_missing", "n_infinite", "min", "max"]
+        records,
+        columns=["feature", "dtype", "n_missing", "n_infinite", "min", "max", "row_id"],
     )
     if drift_parts:
         # one Benjamini-Hochberg adjustment over all features, whatever their dtype block

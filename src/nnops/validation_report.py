@@ -100,6 +100,25 @@ def range_detail(
     return "; ".join(parts) + f" (allowed {bound})" if parts else ""
 
 
+def row_id_detail(features: pd.DataFrame, columns: Sequence[str]) -> str:
+    """Say which features are row numbers or ids, their range, and how to keep them out.
+
+    Args:
+        features: the profile's per-feature table.
+        columns: the flagged features.
+    """
+    table = features.set_index("feature")
+    shown = ", ".join(
+        f"{c} ({table.at[c, 'min']:g}..{table.at[c, 'max']:g})" for c in columns[:3]
+    ) + (f" and {len(columns) - 3} more" if len(columns) > 3 else "")
+    listed = ", ".join(repr(c) for c in columns)
+    return (
+        f"{shown}: distinct integers, one per row, as a row number or id holds; a model can "
+        "learn the row order instead of the data (and the label, when the file is sorted by "
+        f"it). List it in data.exclude_columns (kept for slicing, never a feature): [{listed}]"
+    )
+
+
 def _drift_entry(prof: Profile) -> tuple[Any, Any, list[dict[str, Any]]]:
     """Column, observed value and failing features of the dataset drift check."""
     d = prof.drift
@@ -133,6 +152,8 @@ def _entry(prof: Profile, check: Check, res: Any) -> dict[str, Any]:
     elif check.table in ("features", "classes"):
         item = _per_item(prof, check, result)
         column, observed, failing = item["column"], item["observed"], item["failing"]
+        if check.name == "no_row_id_features" and failing:
+            detail = row_id_detail(prof.features, [f["column"] for f in failing])
         if check.name in ("value_min", "value_max") and failing:
             bound = check.kwargs.get("min_value", check.kwargs.get("max_value"))
             low, high = (bound, None) if check.name == "value_min" else (None, bound)
@@ -204,14 +225,16 @@ def failure_lines(report: dict[str, Any]) -> list[str]:
     for e in report["expectations"]:
         if e["success"]:
             continue
-        more = f" ({e['n_failing']} columns fail)" if e.get("n_failing", 0) > 1 else ""
+        what = "classes" if e["column"] == "label" else "columns"
+        more = f" ({e['n_failing']} {what} fail)" if e.get("n_failing", 0) > 1 else ""
+        column = "" if e["column"] is None else f"column {e['column']!s}: "
         why = e.get("detail") or "; ".join(
             f"{f['column']}: {f['reason']}"
             for f in e.get("failing_columns", [])[:3]
             if f.get("reason")
         )
         lines.append(
-            f"FAILED {e['name']}: column {e['column']!s}: observed {e['observed']!s}, "
+            f"FAILED {e['name']}: {column}observed {e['observed']!s}, "
             f"bound {e['bound']!s}{more} -- {e['description']}" + (f" [{why}]" if why else "")
         )
     return lines

@@ -355,3 +355,30 @@ def test_stage_writes_a_training_profile(tmp_path: Path, run_stage):
     px = profile["features"]["px_0"]
     assert px["n"] == 2550 and len(px["sketch"]) == drift.SKETCH_POINTS
     assert min(px["sketch"]) >= 0 and max(px["sketch"]) <= 16 and px["std"] > 0
+
+
+def test_a_row_number_or_id_column_is_refused_as_a_feature(tmp_path: Path):
+    from sklearn.datasets import load_wine
+
+    from nnops.ingest import from_table
+
+    bunch = load_wine(as_frame=True)
+    table = bunch.frame.sort_values("target").reset_index(drop=True)
+    n = len(table)
+    rng = np.random.default_rng(0)
+    table.insert(0, "Unnamed: 0", np.arange(n))  # the index to_csv() writes, sorted by label
+    table["sample"] = rng.permutation(n) + 1  # a shuffled row number 1..n
+    table["customer_id"] = rng.choice(10 * n, n, replace=False)  # ids with gaps: by name
+    table["visits"] = rng.integers(0, n, n)  # integers in range but repeating: a feature
+    table["dose"] = rng.normal(size=n)  # distinct but not integers: a feature
+    report = check(tmp_path / "a", from_table(table, "target", (), where="wine.csv"))
+    entry = failed(report)["no_row_id_features"]
+    flagged = {f["column"] for f in entry["failing_columns"]}
+    assert flagged == {"Unnamed: 0", "sample", "customer_id"}, flagged
+    line = next(x for x in validation_report.failure_lines(report) if "no_row_id" in x)
+    assert "(3 columns fail)" in line and "data.exclude_columns" in line
+    assert f"Unnamed: 0 (0..{n - 1})" in line and "'customer_id'" in line
+    # Kept for slicing, not as features: the check passes and the rest of the data still does.
+    kept = from_table(table, "target", ("Unnamed: 0", "sample", "customer_id"), where="wine.csv")
+    again = check(tmp_path / "b", kept)
+    assert "no_row_id_features" not in failed(again)
