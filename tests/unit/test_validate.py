@@ -159,6 +159,14 @@ def test_too_few_rows(tmp_path: Path):
     report = check(tmp_path, clean_raw(), min_rows=5000)
     assert set(failed(report)) == {"min_rows"}
     assert failed(report)["min_rows"]["observed"] == 4000
+    [line] = validation_report.failure_lines(report)
+    assert line.startswith("FAILED min_rows: observed 4000, bound >= 5000"), line
+
+
+def test_a_class_check_failing_for_several_classes_counts_classes(tmp_path: Path):
+    report = check(tmp_path, clean_raw(), max_class_fraction=0.2)
+    [line] = validation_report.failure_lines(report)
+    assert line.startswith("FAILED class_balance: column label:") and "(3 classes fail)" in line
 
 
 def test_class_balance_names_the_class_and_share(tmp_path: Path):
