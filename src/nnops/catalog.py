@@ -18,6 +18,9 @@ import numpy as np
 
 from nnops.errors import NnopsError
 
+# --- check_params -> ingest (a marker whose content never changes) ---------------------------
+PARAMS_CHECKED = Path("reports/params_checked.txt")
+
 # --- ingest -> validate, preprocess ---------------------------------------------------------
 RAW_DIR = Path("data/raw")
 RAW_TABLE = "data.parquet"  # inside RAW_DIR

@@ -84,8 +84,8 @@ def test_train_params_do_not_touch_the_data_stages(data_project):
     original = (root / "params.yaml").read_text()
     try:
         set_params(root, {"train": {"epochs": 2, "learning_rate": 0.01}})
-        status = dvc("status", "--with-deps", "preprocess", cwd=root).stdout
-        assert "up to date" in status, status
+        status = dvc("status", "--with-deps", "preprocess", "--json", cwd=root).stdout
+        assert set(json.loads(status)) == {"check_params"}, status  # it reads every key
         set_params(root, {"split": {"seed": 7}})  # positive control: this one must rerun
         status = dvc("status", "--with-deps", "preprocess", cwd=root).stdout
         assert "validate" in status and "preprocess" in status and "ingest" not in status
@@ -131,3 +131,22 @@ def test_csv_through_dvc_exp_run(tmp_path: Path):
         assert set(npz["slice__garden"]) == {"north", "south"}
         np.testing.assert_allclose(npz["x"].mean(axis=0), 0, atol=1e-5)
     assert "data.source" in dvc("exp", "show", "--csv", cwd=root).stdout
+
+
+def test_a_key_no_stage_reads_fails_the_run_before_any_stage(data_project):
+    """A misspelt section would leave every stage "up to date"; check_params refuses it."""
+    root, _ = data_project
+    original = (root / "params.yaml").read_text()
+    raw = root / "data/raw/data.parquet"
+    before = raw.read_bytes()
+    try:
+        (root / "params.yaml").write_text(original + "trian:\n  epochs: 5\n")
+        proc = dvc("repro", "preprocess", cwd=root, check=False)
+        assert proc.returncode != 0
+        assert "trian: unknown key; did you mean 'train'?" in proc.stderr, proc.stderr
+        assert "Running stage 'check_params'" in proc.stdout and ran(proc.stdout) == set()
+        assert raw.read_bytes() == before  # DVC stopped before ingest: its output is untouched
+    finally:
+        (root / "params.yaml").write_text(original)
+    out = dvc("repro", "preprocess", cwd=root).stdout
+    assert ran(out) == set(), out  # the marker is unchanged, so nothing after it reruns
