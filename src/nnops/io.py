@@ -55,6 +55,29 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def require_writable(folders: list[Path], what: str) -> None:
+    """Fail before any work if a folder cannot be created or written into.
+
+    Each folder is created if missing and a file is created in it and removed, so a read-only
+    file system, missing permissions or an immutable folder are found at the start of a stage,
+    not after an hour of training.
+
+    Args:
+        folders: the folders the stage will write into.
+        what: what the stage writes there, for the message.
+    """
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(prefix=".nnops-write-check-", dir=folder):
+                pass
+        except OSError as exc:
+            raise NnopsError(
+                f"{folder}: cannot write there ({exc.strerror or exc}); this stage writes "
+                f"{what} there. Fix its permissions or free space and rerun: nothing has run yet"
+            ) from None
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented, key-sorted JSON, atomically.
 

@@ -338,8 +338,8 @@ def decision_record(
         "gates": [asdict(g) for g in gates],
         "failed_gates": [g.name for g in gates if not g.passed],
         "champion_accuracy": champion["accuracy"] if champion else None,
-        "compared_rows": champion["rows"] if champion else None,
-        "champion_trained_on_test_rows": champion["overlap"] if champion else None,
+        "compared_rows": champion.get("rows") if champion else None,
+        "champion_trained_on_test_rows": champion.get("overlap") if champion else None,
         "new_lineage": new_lineage,
         "task": dict(cand.task) if cand.task is not None else None,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -34,6 +35,15 @@ RESTORE_HINT = (
     "nothing is lost: `dvc checkout` brings back the outputs of the last successful run "
     "(README, 'When a stage fails')"
 )
+# A file system that refuses a write: a clear line naming the file, not a traceback.
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def restore_hint() -> str:
+    """How to get earlier outputs back, or that there were none (no ``dvc.lock`` here yet)."""
+    if os.path.isfile("dvc.lock"):
+        return RESTORE_HINT
+    return "no earlier run is recorded here (no dvc.lock), so no earlier output was lost"
 
 
 def quiet_environment() -> None:
@@ -103,11 +113,19 @@ def run_stage(
         main(args, params)
     except (ConfigError, NnopsError) as exc:
         print(f"{name}: error: {redact_text(str(exc))}", file=sys.stderr)
-        print(f"{name}: {RESTORE_HINT}", file=sys.stderr)
+        print(f"{name}: {restore_hint()}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            raise
+        where = f"{redact_text(str(exc.filename))}: " if exc.filename else ""
+        print(f"{name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"{name}: {restore_hint()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"{name}: stopped by {signal.Signals(signum).name}; {RESTORE_HINT}", file=sys.stderr)
+        stopped = f"{name}: stopped by {signal.Signals(signum).name}"
+        print(f"{stopped}; {restore_hint()}", file=sys.stderr)
         return 128 + signum
     return 0
 

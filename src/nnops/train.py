@@ -315,11 +315,13 @@ def train_stage(
     """
     from nnops import distribute
     from nnops.backup import clear_backup, prepare_backup
-    from nnops.io import write_json
+    from nnops.io import require_writable, write_json
     from nnops.train_data import check_preprocessing, load_processed
     from nnops.training_run import TrackedRun
 
     p, models, reports = params.train, Path(models_dir), Path(reports_dir)
+    require_writable([models, models / catalog.BACKUP_DIR.name, reports],
+                     "the model, its resumable backup and the training reports")  # fmt: skip
     data, meta, x_pre = load_processed(data_dir)
     runtime = distribute.configure_runtime(p)  # before any other TensorFlow op
     spec_file = Path(data_dir) / catalog.PREPROCESSING_JSON

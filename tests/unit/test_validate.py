@@ -293,8 +293,11 @@ def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path):
     assert proc.stderr.strip().splitlines()[0] == (
         "validate: error: nowhere/meta.json: file not found (did the previous stage run?)"
     )
-    assert "`dvc checkout`" in proc.stderr  # how to get the last good outputs back
+    assert "no earlier run is recorded here (no dvc.lock)" in proc.stderr
     assert not (tmp_path / "out").exists()
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # an earlier run
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "`dvc checkout` brings back" in proc.stderr
 
 
 def real_table(name: str) -> RawData:
