@@ -67,12 +67,20 @@ def encode_labels(labels: pd.Series, column: str) -> tuple[np.ndarray, list[str]
     missing = labels.isna().to_numpy()
     if missing.any():
         first = int(np.flatnonzero(missing)[0])
+        cut = (
+            "; only the last row lacks it: was the file cut short (a partial download or copy)?"
+            if missing.sum() == 1 and first == len(missing) - 1
+            else ""
+        )
         raise NnopsError(
             f"label column {column!r} has {int(missing.sum())} empty value(s) "
-            f"(first at row {first})"
+            f"(first in row {first + 1} after the header){cut}"
         )
-    if pd.api.types.is_bool_dtype(labels):
-        labels = labels.astype(np.int64)
+    if pd.api.types.is_bool_dtype(labels):  # False, True: indices 0, 1 under their own names
+        codes = labels.astype(np.int64).to_numpy()
+        names = ["False", "True"]
+        present = sorted(set(codes.tolist()))
+        return np.searchsorted(present, codes).astype(np.int64), [names[i] for i in present]
     if pd.api.types.is_numeric_dtype(labels):
         values = labels.to_numpy()
         if not np.all(np.isfinite(values)) or not np.all(np.mod(values, 1) == 0):
@@ -83,9 +91,44 @@ def encode_labels(labels: pd.Series, column: str) -> tuple[np.ndarray, list[str]
         classes, codes = np.unique(values.astype(np.int64), return_inverse=True)
         names = [str(int(c)) for c in classes]
     else:
-        classes, codes = np.unique(labels.astype(str).to_numpy(), return_inverse=True)
+        classes, codes = np.unique(_label_text(labels, column), return_inverse=True)
         names = [str(c) for c in classes]
     return codes.astype(np.int64), names
+
+
+def _label_text(labels: pd.Series, column: str) -> np.ndarray:
+    """String labels with surrounding spaces stripped; refuse one class spelt in two cases.
+
+    ``'setosa '`` and ``'setosa'`` are one class (the space is stripped, with a warning), while
+    ``'SETOSA'`` next to ``'setosa'`` stops ingest: it is most likely one class spelt two ways,
+    which would train as two.
+    """
+    raw = labels.astype(str)
+    text = raw.str.strip()
+    changed = int((text != raw).sum())
+    if changed:
+        first = int(np.flatnonzero((text != raw).to_numpy())[0])
+        log.warning("label column %r: stripped the spaces around %d label(s), e.g. %r -> %r",
+                    column, changed, raw.iloc[first], text.iloc[first])  # fmt: skip
+    empty = (text == "").to_numpy()
+    if empty.any():
+        raise NnopsError(
+            f"label column {column!r} has {int(empty.sum())} blank value(s) "
+            f"(first in row {int(np.flatnonzero(empty)[0]) + 1} after the header)"
+        )
+    counts = text.value_counts()
+    folded: dict[str, list[str]] = {}
+    for name in counts.index:
+        folded.setdefault(name.casefold(), []).append(name)
+    clashes = [names for names in folded.values() if len(names) > 1]
+    if clashes:
+        shown = " and ".join(f"{n!r} ({int(counts[n])} rows)" for n in clashes[0])
+        more = f"; {len(clashes) - 1} more such group(s)" if len(clashes) > 1 else ""
+        raise NnopsError(
+            f"label column {column!r}: {shown} differ only in letter case{more}. One class "
+            "spelt two ways would train as two classes: spell it one way in the file"
+        )
+    return text.to_numpy()
 
 
 def content_hash(frame: pd.DataFrame) -> str:
@@ -198,8 +241,8 @@ def _numeric_feature(values: pd.Series, column: str, where: str) -> pd.Series:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise NnopsError(
-            f"{where}: feature column {column!r} is not numeric: row {row} holds "
-            f"{values.iloc[row]!r} ({int(bad.sum())} such value(s)); list text columns in "
+            f"{where}: feature column {column!r} is not numeric: row {row + 1} after the header "
+            f"holds {values.iloc[row]!r} ({int(bad.sum())} such value(s)); list text columns in "
             "data.exclude_columns or fix the file"
         )
     return converted
@@ -251,7 +294,10 @@ def from_table(
     if table.empty:
         raise NnopsError(f"{where}: the file has a header but no rows")
     frame = pd.DataFrame({c: _numeric_feature(table[c], c, where) for c in features})
-    codes, names = encode_labels(table[label_column], label_column)
+    try:
+        codes, names = encode_labels(table[label_column], label_column)
+    except NnopsError as exc:
+        raise NnopsError(f"{where}: {exc}") from None
     frame[LABEL] = codes
     frame[ORIGIN] = "train"
     for column in exclude_columns:
@@ -264,18 +310,28 @@ def from_table(
 # ---------------------------------------------------------------- readers (files, keras)
 
 
-def csv_header(path: Path) -> list[str]:
+def _delimiter(header: list[str]) -> str:
+    """The field separator a one-field header line implies: ``;`` (spreadsheets in locales with
+    a decimal comma), tab or ``|`` when exactly one of them separates its names; else a comma."""
+    if len(header) != 1:
+        return ","
+    found = [sep for sep in (";", "\t", "|") if sep in header[0]]
+    return found[0] if len(found) == 1 else ","
+
+
+def csv_header(path: Path, sep: str = ",") -> list[str]:
     """Read the header line of a CSV, refusing duplicated column names (pandas would rename the
     second ``x`` to ``x.1`` without a word).
 
     Args:
         path: the CSV file.
+        sep: the field separator.
     """
     import csv
 
     try:
         with path.open(newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh), None)
+            header = next(csv.reader(fh, delimiter=sep), None)
     except UnicodeDecodeError as exc:
         raise NnopsError(f"{path}: cannot parse as CSV ({exc})") from None
     except csv.Error as exc:
@@ -318,9 +374,14 @@ def read_csv(path: str | Path, label_column: str, exclude_columns: Sequence[str]
         exclude_columns: columns kept for slicing, not used as features.
     """
     path = input_file(path, "a csv file (data.path)")
-    csv_header(path)
+    header = csv_header(path)
+    sep = _delimiter(header)
+    if sep != ",":
+        log.info("%s: the header has no comma but %r between its names: reading it as %r-"
+                 "separated", path, sep, sep)  # fmt: skip
+        header = csv_header(path, sep)
     try:
-        table = pd.read_csv(path, low_memory=False)
+        table = pd.read_csv(path, low_memory=False, sep=sep)
     except pd.errors.EmptyDataError:
         raise NnopsError(f"{path}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

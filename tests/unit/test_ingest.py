@@ -161,7 +161,7 @@ def test_csv_text_feature_names_column_and_value(tmp_path: Path):
 def test_csv_one_bad_cell_in_a_numeric_column_is_reported(tmp_path: Path):
     path = tmp_path / "d.csv"
     path.write_text("a,b,label\n1,2,x\n3,four,y\n5,6,x\n")
-    with pytest.raises(NnopsError, match=r"column 'b' is not numeric: row 1 holds 'four'"):
+    with pytest.raises(NnopsError, match=r"column 'b' is not numeric: row 2 after the header holds 'four'"):
         ingest.read_csv(path, "label")
 
 
@@ -482,3 +482,68 @@ def test_a_data_path_url_with_credentials_is_refused_and_auth_env_fetches_it(
     assert len(ingest.load(params).frame) == 12
     assert AuthHandler.seen[-1]["auth"] == basic_auth(USER, PASSWORD)
     assert PASSWORD not in caplog.text
+
+
+def test_label_spellings_are_stripped_and_case_variants_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    from sklearn.datasets import load_iris
+
+    bunch = load_iris(as_frame=True)
+    table = bunch.frame.drop(columns="target")
+    table["species"] = np.asarray(bunch.target_names)[bunch.target.to_numpy()]
+    padded = table.copy()
+    padded.loc[::7, "species"] = padded.loc[::7, "species"] + " "  # 'setosa ' from a hand edit
+    with caplog.at_level("WARNING", logger="nnops.ingest"):
+        raw = ingest.from_table(padded, "species", where="iris.csv")
+    assert raw.meta["class_names"] == ["setosa", "versicolor", "virginica"]
+    assert "stripped the spaces around 22 label(s), e.g. 'setosa ' -> 'setosa'" in caplog.text
+
+    shouted = table.copy()
+    shouted.loc[:2, "species"] = "SETOSA"
+    with pytest.raises(NnopsError) as err:
+        ingest.from_table(shouted, "species", where="iris.csv")
+    assert str(err.value).startswith(
+        "iris.csv: label column 'species': 'setosa' (47 rows) and 'SETOSA' (3 rows) differ "
+        "only in letter case"
+    )
+    blank = table.copy()
+    blank.loc[5, "species"] = "  "
+    with pytest.raises(NnopsError, match=r"iris.csv: label column 'species' has 1 blank value"):
+        ingest.from_table(blank, "species", where="iris.csv")
+
+
+def test_boolean_labels_keep_their_names(tmp_path: Path):
+    path = tmp_path / "flags.csv"
+    pd.DataFrame({"x": np.arange(8.0) % 3, "ok": [True, False] * 4}).to_csv(path, index=False)
+    raw = ingest.read_csv(path, "ok")
+    assert raw.meta["class_names"] == ["False", "True"]
+    assert raw.frame["label"].tolist() == [1, 0] * 4
+
+
+def test_a_cut_short_csv_names_the_file_and_the_row(tmp_path: Path):
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame.rename(columns={"target": "label"})
+    text = frame.to_csv(index=False)
+    path = tmp_path / "wine.csv"
+    path.write_text(text[: len(text) // 2])  # a partial download
+    lines = path.read_text().splitlines()
+    with pytest.raises(NnopsError) as err:
+        ingest.read_csv(path, "label")
+    message = str(err.value)
+    assert message.startswith(f"{path}: label column 'label' has 1 empty value(s) (first in row "
+                              f"{len(lines) - 1} after the header)")  # fmt: skip
+    assert "was the file cut short" in message
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_semicolon_or_tab_separated_csv_is_read(tmp_path: Path, sep: str):
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame
+    path = tmp_path / "iris.csv"
+    frame.to_csv(path, index=False, sep=sep)
+    raw = ingest.read_csv(path, "target")
+    assert raw.meta["feature_names"] == list(frame.columns[:-1])
+    assert np.allclose(raw.frame[frame.columns[:-1]].to_numpy(), frame.iloc[:, :-1].to_numpy())
