@@ -143,7 +143,7 @@ def test_explain_params_rerun_only_explain_and_report(csv_project: Path):
     set_params(csv_project, {"explain": {"repeats": 2, "slice_max_gap": 0.1}})
     try:
         status = json.loads(dvc("status", "--json", cwd=csv_project).stdout)
-        assert sorted(status) == ["explain", "report"]
+        assert sorted(status) == ["check_params", "explain", "report"]
     finally:
         set_params(csv_project, {"explain": {"repeats": 3, "slice_max_gap": 0.05}})
     assert json.loads(dvc("status", "--json", cwd=csv_project).stdout) == {}

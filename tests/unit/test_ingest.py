@@ -161,7 +161,9 @@ def test_csv_text_feature_names_column_and_value(tmp_path: Path):
 def test_csv_one_bad_cell_in_a_numeric_column_is_reported(tmp_path: Path):
     path = tmp_path / "d.csv"
     path.write_text("a,b,label\n1,2,x\n3,four,y\n5,6,x\n")
-    with pytest.raises(NnopsError, match=r"column 'b' is not numeric: row 2 after the header holds 'four'"):
+    with pytest.raises(
+        NnopsError, match=r"column 'b' is not numeric: row 2 after the header holds 'four'"
+    ):
         ingest.read_csv(path, "label")
 
 
