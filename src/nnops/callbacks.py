@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from nnops.errors import NnopsError
+from nnops.interrupts import deferred
 from nnops.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,12 @@ class Backup(keras.callbacks.BackupAndRestore):
         self.model.stop_training = False
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # Ctrl-C or SIGTERM is held back until the backup is written (milliseconds), so it is
+        # never cut off halfway by an exception; double_checkpoint still covers a kill.
+        with deferred():
+            self._save(epoch, logs)
+
+    def _save(self, epoch: int, logs: Mapping[str, Any] | None) -> None:
         write_json(self.history_path, self.history.records)
         early = self.early
         best_now = early is not None and early.restore_best_weights and early.best_epoch == epoch
