@@ -285,7 +285,7 @@ def test_stage_passes_clean_data_and_writes_no_gx_project(tmp_path: Path, run_st
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml", "raw"]
 
 
-def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path):
+def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path, capsys):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     cmd = [sys.executable, str(REPO / "pipelines/validate.py"), "--raw", "nowhere", "--out", "out"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
@@ -296,7 +296,7 @@ def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path):
     assert "no earlier run is recorded here (no dvc.lock)" in proc.stderr
     assert not (tmp_path / "out").exists()
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # an earlier run
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    proc = stage_in_process("validate", ["--raw", "nowhere", "--out", "out"], tmp_path, capsys)
     assert proc.returncode == 2 and "`dvc checkout` brings back" in proc.stderr
 
 
