@@ -2,7 +2,7 @@
 
 When the candidate's test data is the champion's own test split, the champion's score recorded
 at its registration is reused. Otherwise (the data was reshuffled, grew or changed) the champion
-is rescored, but only on the test rows its run's row digests (``nnops.seen_rows``) say it did not
+is rescored, but only on the test rows its run's row digests (``nnops.lineage``) say it did not
 train on, and the candidate with it; with too few such rows the comparison is refused.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from nnops.lineage import read_seen, unseen_mask
 from nnops.registry import CHAMPION, TEST_ACCURACY_TAG, TEST_HASH_TAG, score_model
-from nnops.seen_rows import read_seen, unseen_mask
 
 log = logging.getLogger("nnops.register")
 

@@ -308,7 +308,7 @@ def git_lineage(root: Path) -> dict[str, str]:
     Args:
         root: the repository root.
     """
-    from nnops.tracking import git_state
+    from nnops.lineage import git_state
 
     state = git_state(root)
     if state["commit"] == "unknown":

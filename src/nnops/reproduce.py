@@ -27,10 +27,10 @@ from typing import Any
 import yaml
 
 from nnops.errors import NnopsError
+from nnops.lineage import LOCK_ARTIFACT
 
 log = logging.getLogger(__name__)
 
-LOCK_ARTIFACT = "lineage/dvc.lock"  # logged by nnops.tracking.log_dvc_lock
 TARGET = "evaluate"  # rebuild up to the test metrics; register would touch a registry
 CODE_PREFIXES = ("pipelines/", "src/")
 

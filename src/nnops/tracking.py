@@ -408,41 +408,6 @@ def wait_for_server(uri: str, timeout_s: float) -> None:
             time.sleep(0.2)
 
 
-PIPELINE_WRITTEN = ("dvc.lock",)  # rewritten by the pipeline run itself
-
-
-def git_state(root: Path) -> dict[str, str]:
-    """Return the commit checked out at ``root`` and whether tracked files differ from it.
-
-    Args:
-        root: a directory inside the git work tree.
-    """
-    import subprocess
-
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=20, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return proc.stdout if proc.returncode == 0 else None
-
-    commit = (git("rev-parse", "HEAD") or "").strip()
-    status = git("status", "--porcelain", "--untracked-files=no")
-    # dvc.lock and the .gitignore files DVC keeps are rewritten by the pipeline run itself (each
-    # finished stage updates them): they do not make the code or params differ from the commit.
-    changed = [
-        line[3:]
-        for line in (status or "").splitlines()
-        if line[3:] not in PIPELINE_WRITTEN and not line.endswith(".gitignore")
-    ]
-    return {
-        "commit": commit or "unknown",
-        "dirty": "unknown" if status is None else str(bool(changed)).lower(),
-    }
-
-
 def experiment_id(uri: str, name: str) -> str:
     """Return the id of experiment ``name``, creating it (with artifacts beside an embedded store).
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnops.catalog import split_path
 from nnops.distribute import Runtime
 from nnops.errors import NnopsError
 from nnops.io import read_json
+from nnops.lineage import datasets, git_state, log_dvc_lock
 from nnops.tracking import (
     EMBEDDED_KEY,
     TUNE_ENV,
@@ -31,44 +31,12 @@ from nnops.tracking import (
     close_dead_runs,
     embedded_store_uri,
     experiment_id,
-    git_state,
     process_tags,
     store_lock,
     write_run_info,
 )
 
 log = logging.getLogger(__name__)
-
-LOCK_ARTIFACT = "lineage/dvc.lock"
-
-
-def log_dvc_lock(run_id: str, root: Path | None = None) -> None:
-    """Attach the workspace's ``dvc.lock`` to the run (``lineage/dvc.lock``), if there is one,
-    with the secrets of any URL in it masked.
-
-    While a stage runs, ``dvc.lock`` holds the hashes of every stage DVC finished before it (the
-    user's data file among the ingest deps), so the run carries the exact inputs it was built on.
-
-    Args:
-        run_id: the MLflow run.
-        root: the repository root; the working directory when omitted.
-    """
-    import tempfile
-
-    import mlflow
-
-    from nnops.secrets import redact_text
-
-    lock = (root or Path.cwd()) / "dvc.lock"
-    if not lock.is_file():
-        return
-    text = lock.read_text(encoding="utf-8")
-    masked = redact_text(text)  # a URL dep with a query or user info (a lock written by hand)
-    with tempfile.TemporaryDirectory(prefix="nnops-lock-") as tmp:
-        if masked != text:
-            lock = Path(tmp) / "dvc.lock"
-            lock.write_text(masked, encoding="utf-8")
-        mlflow.MlflowClient().log_artifact(run_id, str(lock), artifact_path="lineage")
 
 
 def start_training_run(
@@ -375,7 +343,7 @@ class TrackedRun:
         """
         import tempfile
 
-        from nnops.seen_rows import ARTIFACT_DIR, write_digests
+        from nnops.lineage import ARTIFACT_DIR, write_digests
 
         self.logger.catch_up(history)
         with tempfile.TemporaryDirectory(prefix="nnops-lineage-") as tmp:
@@ -387,7 +355,7 @@ class TrackedRun:
                 data.x_train[:5],
                 run_metrics(summary),
                 files,
-                lineage(data_dir, data, meta),
+                datasets(data_dir, data, meta),
                 pip_requirements(),
             )
         write_run_info(run_json, info)
@@ -405,7 +373,7 @@ def run_tags(git: Mapping[str, str], meta: Mapping[str, Any], runtime: Runtime) 
     """Tags that tie an MLflow run to its code, data, DVC experiment and hardware.
 
     Args:
-        git: ``commit`` and ``dirty`` from ``nnops.tracking.git_state``.
+        git: ``commit`` and ``dirty`` from ``nnops.lineage.git_state``.
         meta: ``data/processed/meta.json``.
         runtime: the strategy and devices used.
     """
@@ -442,21 +410,6 @@ def run_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     }
     out.update({f"restored_{k}": float(v) for k, v in summary["restored"].items()})
     return out
-
-
-def lineage(folder: str | Path, data: Any, meta: Mapping[str, Any]) -> list[tuple]:
-    """``(context, features, targets, source, digest)`` of the arrays the model learned from.
-
-    Args:
-        folder: ``data/processed``.
-        data: the ``TrainData``.
-        meta: ``data/processed/meta.json``.
-    """
-    digest = str(meta.get("data_hash", ""))[:16] or None
-    rows = [("training", data.x_train, data.y_train, str(split_path(folder, "train")), digest)]
-    if data.x_val is not None:
-        rows.append(("validation", data.x_val, data.y_val, str(split_path(folder, "val")), digest))
-    return rows
 
 
 def pip_requirements() -> list[str]:

@@ -74,7 +74,7 @@ def train_model(root: Path, units: list[int], epochs: int, tag: str) -> Path:
 
     from nnops.config import HiddenLayer
     from nnops.distribute import configure_runtime
-    from nnops.seen_rows import ARTIFACT_DIR, write_digests
+    from nnops.lineage import ARTIFACT_DIR, write_digests
     from nnops.tracking import RunInfo, write_run_info
     from nnops.train import fit, save_model, write_history_csv
     from nnops.train_data import load_processed

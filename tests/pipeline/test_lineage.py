@@ -77,7 +77,7 @@ def test_editing_one_csv_cell_reruns_ingest_and_changes_the_run_data_hash(tmp_pa
         assert recorded == md5
     # ... and a digest of each row it trained on, for the register gate's fair comparison.
     from nnops.catalog import read_split, split_path
-    from nnops.seen_rows import ARTIFACT, row_digests
+    from nnops.lineage import ARTIFACT, row_digests
 
     seen = np.load(client.download_artifacts(new.info.run_id, ARTIFACT, str(tmp_path / "seen")))
     rows = [read_split(split_path(root / "data" / "processed", s))[0] for s in ("train", "val")]

@@ -257,7 +257,7 @@ def test_the_champion_score_on_the_same_test_data_is_reused_and_other_data_resco
 
 
 def test_row_digests_match_rows_across_dtypes_and_find_the_seen_ones():
-    from nnops.seen_rows import row_digests, unseen_mask
+    from nnops.lineage import row_digests, unseen_mask
 
     rng = np.random.default_rng(0)
     train = rng.normal(size=(20, 3)).astype(np.float32)
@@ -277,7 +277,7 @@ def test_row_digests_match_rows_across_dtypes_and_find_the_seen_ones():
 def test_a_champion_is_compared_only_on_test_rows_it_did_not_train_on(
     quoted_registry, tmp_path: Path, caplog
 ):
-    from nnops.seen_rows import ARTIFACT_DIR, write_digests
+    from nnops.lineage import ARTIFACT_DIR, write_digests
 
     client, (v1, v2) = quoted_registry
     rng = np.random.default_rng(1)

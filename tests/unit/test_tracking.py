@@ -14,10 +14,10 @@ import pytest
 
 from conftest import REPO, section, stage_in_process
 from nnops.errors import NnopsError
+from nnops.lineage import git_state
 from nnops.tracking import (
     connect,
     experiment_id,
-    git_state,
     read_run_info,
     resolve_tracking_uri,
     write_run_info,
@@ -283,7 +283,7 @@ def test_a_copied_project_logs_into_its_own_store_not_the_one_it_came_from(
 def test_the_dvc_lock_logged_with_a_run_masks_url_secrets(tmp_path: Path, mlflow_store: str):
     import mlflow
 
-    from nnops.training_run import LOCK_ARTIFACT, log_dvc_lock
+    from nnops.lineage import LOCK_ARTIFACT, log_dvc_lock
 
     lock = ("stages:\n  ingest:\n    deps:\n    - path: https://h/d.csv?token=tok-123\n"
             "      etag: abc\n    - path: inputs/x.csv\n      md5: 0f\n")  # fmt: skip
