@@ -13,10 +13,19 @@ import base64
 import logging
 import os
 import re
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\]{}]*[^\s'\"<>()\[\]{}.,:;]")
+
+
+def _url_parts(url: str) -> SplitResult | None:
+    """``url`` split into its parts, or None when it is not a URL with a scheme and a host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return parts if parts.scheme and parts.netloc else None
 
 
 def redact_url(url: str) -> str:
@@ -25,11 +34,8 @@ def redact_url(url: str) -> str:
     Args:
         url: any URL or URI; a value that is not one is returned unchanged.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if not parts.scheme or not parts.netloc:
+    parts = _url_parts(url)
+    if parts is None:
         return url
     netloc = parts.netloc
     if "@" in netloc:
@@ -70,11 +76,8 @@ def url_secret(url: str) -> str | None:
     Args:
         url: any string; one that is not a URL carries none.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if not parts.scheme or not parts.netloc:
+    parts = _url_parts(url)
+    if parts is None:
         return None
     if "@" in parts.netloc:
         return "a password" if ":" in parts.netloc.rsplit("@", 1)[0] else "a user name or token"
