@@ -310,13 +310,29 @@ def from_table(
 # ---------------------------------------------------------------- readers (files, keras)
 
 
-def _delimiter(header: list[str]) -> str:
+def delimiter(header: list[str]) -> str:
     """The field separator a one-field header line implies: ``;`` (spreadsheets in locales with
     a decimal comma), tab or ``|`` when exactly one of them separates its names; else a comma."""
     if len(header) != 1:
         return ","
     found = [sep for sep in (";", "\t", "|") if sep in header[0]]
     return found[0] if len(found) == 1 else ","
+
+
+def csv_columns(path: Path) -> tuple[list[str], str]:
+    """The header's column names and the field separator (a comma, or the ``;``, tab or ``|``
+    a comma-free header line implies), duplicated names refused.
+
+    Args:
+        path: the CSV file.
+    """
+    header = csv_header(path)
+    sep = delimiter(header)
+    if sep != ",":
+        log.info("%s: the header has no comma but %r between its names: reading it as %r-"
+                 "separated", path, sep, sep)  # fmt: skip
+        header = csv_header(path, sep)
+    return header, sep
 
 
 def csv_header(path: Path, sep: str = ",") -> list[str]:
@@ -374,12 +390,7 @@ def read_csv(path: str | Path, label_column: str, exclude_columns: Sequence[str]
         exclude_columns: columns kept for slicing, not used as features.
     """
     path = input_file(path, "a csv file (data.path)")
-    header = csv_header(path)
-    sep = _delimiter(header)
-    if sep != ",":
-        log.info("%s: the header has no comma but %r between its names: reading it as %r-"
-                 "separated", path, sep, sep)  # fmt: skip
-        header = csv_header(path, sep)
+    _, sep = csv_columns(path)
     try:
         table = pd.read_csv(path, low_memory=False, sep=sep)
     except pd.errors.EmptyDataError:

@@ -123,16 +123,18 @@ def read_csv_rows(
 
     import pandas as pd
 
-    from nnops.ingest import csv_header
+    from nnops.ingest import csv_columns, delimiter
 
     if header:
-        columns = csv_header(path)
+        columns, sep = csv_columns(path)
     else:
         with path.open(newline="", encoding="utf-8", errors="replace") as fh:
             first = next(csv.reader(fh), None)
         if first is None:
             raise NnopsError(f"{path}: the file is empty")
-        columns = [f"column_{i + 1}" for i in range(len(first))]
+        sep = delimiter(first)
+        width = len(first) if sep == "," else len(first[0].split(sep))
+        columns = [f"column_{i + 1}" for i in range(width)]
     picked = (
         list(feature_names) if feature_names and set(feature_names) <= set(columns) else columns
     )
@@ -147,6 +149,7 @@ def read_csv_rows(
     try:
         reader = pd.read_csv(
             path,
+            sep=sep,
             header=0 if header else None,
             names=None if header else columns,
             usecols=picked,

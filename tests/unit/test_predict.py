@@ -102,6 +102,18 @@ def test_cli_scores_a_csv_with_class_names(tmp_path: Path, model_file: Path, cap
     assert "2 rows" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_semicolon_or_tab_separated_batch_is_scored_like_a_comma_one(
+    tmp_path: Path, model_file: Path, sep: str
+):
+    (tmp_path / "rows.csv").write_text("a,b,c\n4,0,1\n0,4,1\n")
+    (tmp_path / "semi.csv").write_text(f"a{sep}b{sep}c\n4{sep}0{sep}1\n0{sep}4{sep}1\n")
+    for name in ("rows", "semi"):
+        args = ["--model", str(model_file), "--input", str(tmp_path / f"{name}.csv")]
+        assert main([*args, "--out", str(tmp_path / f"{name}.out.csv")]) == 0
+    assert (tmp_path / "semi.out.csv").read_text() == (tmp_path / "rows.out.csv").read_text()
+
+
 def test_cli_scores_npz_and_headerless_csv(tmp_path: Path, model_file: Path):
     np.savez(tmp_path / "rows.npz", x_raw=np.array([[0, 4, 0]], dtype=np.float32))
     assert (
