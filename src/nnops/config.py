@@ -322,6 +322,15 @@ class TuneParams(_Section):
         return self
 
 
+# Where the secret of a URL-valued key goes instead (data.path and data.url: DataParams).
+SECRET_HINTS = {
+    "mlflow.tracking_uri": "Leave the password out (MLflow reads MLFLOW_TRACKING_USERNAME and "
+    "MLFLOW_TRACKING_PASSWORD), or set the key to null and the URL in MLFLOW_TRACKING_URI. ",
+    "tune.storage": 'Pass the URL as `nnops tune --storage "$OPTUNA_STORAGE"`, or leave the '
+    "password out (PostgreSQL reads PGPASSWORD or ~/.pgpass). ",
+}
+
+
 class Params(_Section):
     """The whole of ``params.yaml``; ``validate`` and ``register`` are read as
     ``params.validation`` and ``params.registry`` (the plain names belong to pydantic)."""
@@ -338,6 +347,20 @@ class Params(_Section):
     tune: TuneParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _no_secrets(self) -> Params:
+        # check_params tracks every key, so dvc.lock (and DVC's run-cache) records each as written.
+        for key, value in _flatten(self.model_dump(mode="json", by_alias=True)):
+            secret = url_secret(value) if isinstance(value, str) else None
+            if secret:
+                hint = SECRET_HINTS.get(key, "")
+                raise ValueError(
+                    f"{key}={redact_url(value)!r} carries a secret ({secret}): params.yaml is "
+                    f"committed and dvc.lock records every key as written. {hint}Keep the "
+                    "secret in an environment variable (README, 'Secrets')"
+                )
+        return self
 
     @model_validator(mode="after")
     def _tune_space_fits_train(self) -> Params:

@@ -42,11 +42,14 @@ def redact_url(url: str) -> str:
         userinfo, host = netloc.rsplit("@", 1)
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
-    query = parts.query
+    query, fragment = parts.query, parts.fragment
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, MASK) for k, _ in pairs], safe="*") if pairs else MASK
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if "=" in fragment:  # #access_token=... (OAuth implicit flow); a plain #anchor stays
+        pairs = parse_qsl(fragment, keep_blank_values=True)
+        fragment = urlencode([(k, MASK) for k, _ in pairs], safe="*") if pairs else MASK
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def redact_text(text: str) -> str:
@@ -70,8 +73,9 @@ _SECRET_QUERY = re.compile(
 def url_secret(url: str) -> str | None:
     """What secret a URL carries, in words ("a password", "the query value 'token'"), or None.
 
-    User info (``user:password@`` or ``token@``) always counts; a query parameter counts when
-    its name looks like a credential.
+    A password in the user info (``user:password@``) always counts, and so does a bare
+    ``token@`` in an http(s) URL (a database URL's ``user@`` is only a user name); a query or
+    fragment parameter counts when its name looks like a credential.
 
     Args:
         url: any string; one that is not a URL carries none.
@@ -80,9 +84,15 @@ def url_secret(url: str) -> str | None:
     if parts is None:
         return None
     if "@" in parts.netloc:
-        return "a password" if ":" in parts.netloc.rsplit("@", 1)[0] else "a user name or token"
-    keys = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY.search(k)]
-    return f"the query value {keys[0]!r}" if keys else None
+        if ":" in parts.netloc.rsplit("@", 1)[0]:
+            return "a password"
+        if parts.scheme.lower() in ("http", "https"):
+            return "a user name or token"
+    for where, text in (("query", parts.query), ("fragment", parts.fragment)):
+        keys = [k for k, _ in parse_qsl(text, keep_blank_values=True) if _SECRET_QUERY.search(k)]
+        if keys:
+            return f"the {where} value {keys[0]!r}"
+    return None
 
 
 def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:

@@ -385,6 +385,28 @@ def test_a_secret_in_data_path_or_data_url_is_refused_without_showing_it(
     assert TOKEN not in message and PASSWORD not in message
 
 
+@pytest.mark.parametrize(
+    ("key", "url", "hint"),
+    [
+        ("mlflow.tracking_uri", f"https://{USER}:{PASSWORD}@mlflow.example", "MLFLOW_TRACKING_"),
+        ("tune.storage", f"postgresql+psycopg://{USER}:{PASSWORD}@db/optuna", "OPTUNA_STORAGE"),
+        ("mlflow.tracking_uri", f"https://mlflow.example/#access_token={TOKEN}", "MLFLOW_"),
+    ],
+)
+def test_no_params_key_may_hold_a_secret(key: str, url: str, hint: str):
+    """check_params tracks every key, so dvc.lock would record any of them."""
+    from nnops.config import parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    section, name = key.split(".")
+    raw[section][name] = url
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert f"{key}=" in message and "carries a secret" in message and hint in message
+    assert PASSWORD not in message and TOKEN not in message
+
+
 def test_a_url_with_a_plain_query_is_accepted(tmp_path: Path):
     params = csv_params(tmp_path, path="https://h/p.csv?dl=1&raw=true")
     assert params.path.endswith("?dl=1&raw=true")
@@ -420,10 +442,12 @@ def test_flat_params_mask_url_secrets():
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"].update(source="csv", url="https://h/p.csv?dl=1")
-    raw["mlflow"]["tracking_uri"] = f"https://{USER}:{PASSWORD}@mlflow.example?token={TOKEN}"
+    raw["mlflow"]["tracking_uri"] = "https://mlflow.example?workspace=ml"
+    raw["tune"]["storage"] = f"postgresql+psycopg://{USER}@db.example/optuna"  # a user name only
     flat = parse_params(raw).flat()
     assert flat["data.url"] == "https://h/p.csv?dl=***"
-    assert flat["mlflow.tracking_uri"] == f"https://{USER}:***@mlflow.example?token=***"
+    assert flat["mlflow.tracking_uri"] == "https://mlflow.example?workspace=***"
+    assert flat["tune.storage"] == "postgresql+psycopg://***@db.example/optuna"
     assert TOKEN not in json.dumps(flat) and "s3cr" not in json.dumps(flat)
 
 
