@@ -39,11 +39,19 @@ RESTORE_HINT = (
 UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
-def restore_hint() -> str:
-    """How to get earlier outputs back, or that there were none (no ``dvc.lock`` here yet)."""
-    if os.path.isfile("dvc.lock"):
+def restore_hint(stage: str) -> str:
+    """How to get the stage's earlier outputs back, or that it had none (``dvc.lock`` holds no
+    successful run of it yet)."""
+    try:
+        import yaml
+
+        with open("dvc.lock", encoding="utf-8") as fh:
+            recorded = stage in ((yaml.safe_load(fh) or {}).get("stages") or {})
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        recorded = False
+    if recorded:
         return RESTORE_HINT
-    return "no earlier run is recorded here (no dvc.lock), so no earlier output was lost"
+    return f"no earlier run of {stage} is recorded in dvc.lock, so no earlier output was lost"
 
 
 def quiet_environment() -> None:
@@ -113,19 +121,19 @@ def run_stage(
         main(args, params)
     except (ConfigError, NnopsError) as exc:
         print(f"{name}: error: {redact_text(str(exc))}", file=sys.stderr)
-        print(f"{name}: {restore_hint()}", file=sys.stderr)
+        print(f"{name}: {restore_hint(name)}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in UNWRITABLE:
             raise
         where = f"{redact_text(str(exc.filename))}: " if exc.filename else ""
         print(f"{name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        print(f"{name}: {restore_hint()}", file=sys.stderr)
+        print(f"{name}: {restore_hint(name)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         stopped = f"{name}: stopped by {signal.Signals(signum).name}"
-        print(f"{stopped}; {restore_hint()}", file=sys.stderr)
+        print(f"{stopped}; {restore_hint(name)}", file=sys.stderr)
         return 128 + signum
     return 0
 

@@ -62,7 +62,7 @@ def test_a_refused_write_ends_the_stage_in_one_line(
     assert run_stage("train", body, _parser(), ["--params", params]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"train: error: models/backup/latest.weights.h5: {os.strerror(code)}"
-    assert "no earlier run is recorded here" in err[1] and len(err) == 2
+    assert "no earlier run of train is recorded in dvc.lock" in err[1] and len(err) == 2
 
 
 def test_other_os_errors_are_not_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -293,9 +293,13 @@ def test_stage_without_raw_data_names_the_missing_file(tmp_path: Path, capsys):
     assert proc.stderr.strip().splitlines()[0] == (
         "validate: error: nowhere/meta.json: file not found (did the previous stage run?)"
     )
-    assert "no earlier run is recorded here (no dvc.lock)" in proc.stderr
+    assert "no earlier run of validate is recorded in dvc.lock" in proc.stderr
     assert not (tmp_path / "out").exists()
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # an earlier run
+    # Another stage's run (check_params always runs first) does not count; validate's does.
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  check_params: {cmd: c}\n")
+    proc = stage_in_process("validate", ["--raw", "nowhere", "--out", "out"], tmp_path, capsys)
+    assert "no earlier run of validate is recorded" in proc.stderr
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  validate: {cmd: v}\n")
     proc = stage_in_process("validate", ["--raw", "nowhere", "--out", "out"], tmp_path, capsys)
     assert proc.returncode == 2 and "`dvc checkout` brings back" in proc.stderr
 
