@@ -11,8 +11,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from nnops.lineage import read_seen, unseen_mask
-from nnops.registry import CHAMPION, TEST_ACCURACY_TAG, TEST_HASH_TAG, score_model
+from nnops.registry import (
+    CHAMPION,
+    TEST_ACCURACY_TAG,
+    TEST_HASH_TAG,
+    model_feature_names,
+    score_model,
+)
 
 log = logging.getLogger("nnops.register")
 
@@ -48,6 +56,7 @@ def champion_comparison(
                  "registration", champion.version)  # fmt: skip
         return out | {"accuracy": float(tags[TEST_ACCURACY_TAG])}
     uri = f"models:/{cand.name}@{CHAMPION}"
+    x = in_champion_order(x, cand, model_feature_names(f"models:/{cand.name}/{champion.version}"))
     seen = read_seen(client, champion.run_id)
     if seen is None:
         log.warning("scoring champion version %s on all %d test rows: its run logged no "
@@ -70,7 +79,31 @@ def champion_comparison(
     log.warning("%s; both models are compared on the other %d", what, rows)
     return out | {
         "accuracy": score_model(uri, x[keep], y[keep]),
-        "candidate_accuracy": score_model(f"models:/{cand.name}/{cand.version}", x[keep], y[keep]),
+        "candidate_accuracy": score_model(
+            f"models:/{cand.name}/{cand.version}", cand.test[0][keep], y[keep]
+        ),
         "rows": rows,
         "overlap": overlap,
     }
+
+
+def in_champion_order(x: np.ndarray, cand: Any, champion_names: list[str] | None) -> np.ndarray:
+    """The candidate's test rows with their columns in the order the champion takes them.
+
+    The same columns in another order are the same task (``registry.column_signature``), but a
+    model reads its inputs by position, so the champion is scored (and its row digests looked
+    up) on the columns rearranged to its own order.
+
+    Args:
+        x: the candidate's raw test features.
+        cand: the candidate (``task["feature_names"]``, its column order).
+        champion_names: the champion's input columns in order; None when it did not record them.
+    """
+    mine = list((cand.task or {}).get("feature_names") or [])
+    if not champion_names or not mine or champion_names == mine:
+        return x
+    if sorted(champion_names) != sorted(mine):
+        return x  # another task: the caller does not compare such a champion
+    where = {name: i for i, name in enumerate(mine)}
+    log.info("the champion takes the same columns in another order: rearranged for scoring")
+    return x[:, [where[name] for name in champion_names]]

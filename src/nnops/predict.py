@@ -35,6 +35,8 @@ class LoadedModel:
     predict: Callable[[np.ndarray], np.ndarray]
     n_features: int | None
     class_names: list[str] | None
+    feature_names: list[str] | None = None
+    """The input columns in the order the model takes them, when its MLmodel records them."""
 
 
 def prediction_table(proba: np.ndarray, class_names: Sequence[str] | None) -> Any:
@@ -137,7 +139,11 @@ def load_model(ref: str, tracking_uri: str | None = None) -> LoadedModel:
     elif schema is not None:
         n_features = len(schema.inputs)
     names = _registry_class_names(ref) if ref.startswith("models:/") else None
-    return LoadedModel(ref, lambda x: np.asarray(model.predict(x)), n_features, names)
+    recorded = model.metadata.metadata or {}
+    columns = recorded.get("feature_names")
+    names = names or recorded.get("class_names") or None
+    columns = [str(c) for c in columns] if isinstance(columns, list) and columns else None
+    return LoadedModel(ref, lambda x: np.asarray(model.predict(x)), n_features, names, columns)
 
 
 def check_reference(
@@ -213,10 +219,24 @@ def predict_file(
         raise NnopsError(f"{out}: is a directory; --out takes the predictions CSV file to write")
     if out.parent.exists() and not out.parent.is_dir():
         raise NnopsError(f"{out}: {out.parent} is not a directory")
+    model = load_model(model_ref, tracking_uri)
+    if reference and model.feature_names:
+        from nnops.validate_batch import load_profile
+
+        profiled = list(load_profile(reference)["feature_names"])
+        if sorted(profiled) != sorted(model.feature_names):
+            log.warning(
+                "%s takes other columns than the training profile %s describes (another "
+                "dataset): the batch is not checked against it",
+                model_ref,
+                reference,
+            )
+            reference = None
     names = check_reference(input_path, reference, key, header, refuse_drift) if reference else None
     meta = read_json(meta_path) if meta_path else {}
-    model = load_model(model_ref, tracking_uri)
-    x = read_rows(input_path, model.n_features, meta.get("feature_names") or names, key, header)
+    # The model's own column order wins: the workspace's profile may be of a later dataset.
+    columns = model.feature_names or meta.get("feature_names") or names
+    x = read_rows(input_path, model.n_features, columns, key, header)
     try:
         proba = model.predict(x)
     except Exception as exc:

@@ -28,6 +28,7 @@ from nnops.errors import NnopsError
 from nnops.registry import (
     CHALLENGER,
     CHAMPION,
+    COLUMNS_TAG,
     DECISION_TAG,
     TAG_PREFIX,
     TASK_TAG,
@@ -36,6 +37,7 @@ from nnops.registry import (
     Step,
     alias_version,
     champion_task,
+    column_signature,
     describe_task,
     mark_version,
     promote,
@@ -268,7 +270,7 @@ def decide(
     test_hash = cand.test_hash
     marks = {TEST_HASH_TAG: test_hash, DECISION_TAG: "pending"}
     if cand.task is not None:
-        marks |= {TASK_TAG: task_signature(cand.task),
+        marks |= {TASK_TAG: task_signature(cand.task), COLUMNS_TAG: column_signature(cand.task),
                   TASK_TAG + "_description": describe_task(cand.task)}  # fmt: skip
     mark_version(client, name, version, marks)
     try:
@@ -422,6 +424,7 @@ def register_run(
                 "registry.version": record["version"],
                 "registry.promoted": str(record["promoted"]).lower(),
                 TASK_TAG: task_signature(task),
+                COLUMNS_TAG: column_signature(task),
             }
         )
     return record

@@ -24,6 +24,8 @@ CHALLENGER = "challenger"
 TAG_PREFIX = "nnops."
 TASK_TAG = TAG_PREFIX + "task"
 """Tag on each registered version and its run: a digest of the input schema and label set."""
+COLUMNS_TAG = TAG_PREFIX + "task_columns"
+"""Like ``TASK_TAG`` but over the set of input columns: reordered columns are the same task."""
 DECISION_TAG = TAG_PREFIX + "decision"
 """``pending`` from registration until the gate's record is complete, then ``promoted``,
 ``rejected`` or ``failed`` (the gate could not finish; rerun register to complete it)."""
@@ -276,7 +278,11 @@ def champion_task(client: Any, name: str, champion: Any) -> dict[str, Any] | Non
     """
     tags = dict(champion.tags or {})
     if tags.get(TASK_TAG):
-        return {"signature": tags[TASK_TAG], "description": tags.get(TASK_TAG + "_description")}
+        return {
+            "signature": tags[TASK_TAG],
+            "columns": tags.get(COLUMNS_TAG),
+            "description": tags.get(TASK_TAG + "_description"),
+        }
     try:
         import mlflow
 
@@ -312,6 +318,32 @@ def task_signature(task: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def column_signature(task: Mapping[str, Any]) -> str:
+    """``task_signature`` over the set of input columns, so that the same columns in another
+    order (a rewritten CSV) are the same task.
+
+    Args:
+        task: as returned by ``task_of``.
+    """
+    return task_signature({**task, "feature_names": sorted(task["feature_names"])})
+
+
+def model_feature_names(uri: str) -> list[str] | None:
+    """The input columns a logged model takes, in order, from its MLmodel metadata (the train
+    stage records them); None for a model logged without them.
+
+    Args:
+        uri: the model's URI (``models:/name/3``, ``runs:/...``).
+    """
+    import mlflow
+
+    try:
+        names = (mlflow.models.get_model_info(uri).metadata or {}).get("feature_names")
+    except Exception:  # an unreadable model: the caller's own error says more
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 def describe_task(task: Mapping[str, Any]) -> str:
     """Say in words what a task takes and predicts, e.g. ``4 features (a, b, ...), 3 classes``.
 
@@ -334,6 +366,8 @@ def same_task(task: Mapping[str, Any], champion: Mapping[str, Any] | None) -> bo
     """
     if champion is None:
         return True
+    if champion.get("columns"):
+        return champion["columns"] == column_signature(task)
     if "signature" in champion:
         return champion["signature"] == task_signature(task)
     if champion.get("n_features") is not None and champion["n_features"] != task["n_features"]:

@@ -183,6 +183,7 @@ def finish_training_run(
     artifacts: dict[str, list[Path]],
     datasets: list[tuple[str, Any, Any, str, str]],
     pip_requirements: list[str],
+    metadata: Mapping[str, Any] | None = None,
 ) -> RunInfo:
     """Log the model (``mlflow.keras`` flavor), datasets, final metrics and files; end the run.
 
@@ -194,6 +195,8 @@ def finish_training_run(
         artifacts: artifact folder to files to upload there.
         datasets: ``(context, features, targets, source path, digest)`` for ``mlflow.log_input``.
         pip_requirements: requirements recorded with the model (skips slow inference).
+        metadata: recorded in the model's MLmodel file: its input ``feature_names`` in order and
+            its ``class_names``, so that predict and the register gate read columns by name.
     """
     import mlflow
     import numpy as np
@@ -221,6 +224,7 @@ def finish_training_run(
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements,
+            metadata=dict(metadata or {}),
         )
         mlflow.log_metrics(metrics)
         log_dvc_lock(info.run_id)
@@ -357,6 +361,10 @@ class TrackedRun:
                 files,
                 datasets(data_dir, data, meta),
                 pip_requirements(),
+                {
+                    "feature_names": list(meta.get("feature_names") or []),
+                    "class_names": list(meta.get("class_names") or []),
+                },  # fmt: skip
             )
         write_run_info(run_json, info)
 

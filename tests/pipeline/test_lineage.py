@@ -82,6 +82,18 @@ def test_editing_one_csv_cell_reruns_ingest_and_changes_the_run_data_hash(tmp_pa
     seen = np.load(client.download_artifacts(new.info.run_id, ARTIFACT, str(tmp_path / "seen")))
     rows = [read_split(split_path(root / "data" / "processed", s))[0] for s in ("train", "val")]
     assert len(seen) > 1000 and np.array_equal(seen, row_digests(*rows))
+    # ... and the model its input columns in order, for predict and the register gate.
+    import mlflow
+
+    from nnops.registry import model_feature_names
+
+    meta = json.loads((root / "data/processed/meta.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    try:
+        model_uri = json.loads((root / "models/run.json").read_text())["model_uri"]
+        assert model_feature_names(model_uri) == meta["feature_names"]
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def test_data_path_url_is_tracked_and_sha256_is_checked(tmp_path: Path) -> None:
