@@ -100,6 +100,19 @@ def read_rows(
     return read_csv_rows(path, n_features, feature_names, header)
 
 
+BOM = "\ufeff"
+"""The byte-order mark Excel's "CSV UTF-8" and ``to_csv(encoding="utf-8-sig")`` put first."""
+
+
+def strip_bom(name: str) -> str:
+    """A header's first name without the byte-order mark a UTF-8 CSV may start with.
+
+    Args:
+        name: the first column name, as read with ``encoding="utf-8"``.
+    """
+    return name[len(BOM) :] if name.startswith(BOM) else name
+
+
 CHUNK_CELLS = 1 << 18
 """Cells parsed per chunk: text cells cost ~50x their float32 size, so they never pile up."""
 
@@ -127,8 +140,9 @@ def read_csv_rows(
 
     if header:
         columns, sep = csv_columns(path)
+        columns = [strip_bom(columns[0]), *columns[1:]] if columns else columns
     else:
-        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
             first = next(csv.reader(fh), None)
         if first is None:
             raise NnopsError(f"{path}: the file is empty")
@@ -155,6 +169,7 @@ def read_csv_rows(
             usecols=picked,
             dtype=str,
             keep_default_na=False,
+            encoding="utf-8-sig",
             chunksize=max(1, CHUNK_CELLS // max(1, len(columns))),
         )
         with reader:

@@ -114,6 +114,36 @@ def test_a_semicolon_or_tab_separated_batch_is_scored_like_a_comma_one(
     assert (tmp_path / "semi.out.csv").read_text() == (tmp_path / "rows.out.csv").read_text()
 
 
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_a_csv_with_a_utf8_bom_is_scored_like_one_without(
+    tmp_path: Path, model_file: Path, sep: str
+):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; the first column keeps its name."""
+    from sklearn.datasets import load_iris
+
+    rows = load_iris(as_frame=True).frame.iloc[::10, [3, 0, 1, 2]]  # label-free, shuffled order
+    rows.columns = ["petal_width_cm", "sepal_length_cm", "sepal_width_cm", "petal_length_cm"]
+    rows.to_csv(tmp_path / "plain.csv", index=False, sep=sep)
+    rows.to_csv(tmp_path / "bom.csv", index=False, sep=sep, encoding="utf-8-sig")
+    assert (tmp_path / "bom.csv").read_bytes().startswith(b"\xef\xbb\xbfpetal_width_cm")
+    # the model's three features by name: the BOM'd first column must match its name
+    names = ["sepal_length_cm", "sepal_width_cm", "petal_width_cm"]
+    (tmp_path / "meta.json").write_text(json.dumps({"feature_names": names}))
+    for name in ("plain", "bom"):
+        args = ["--model", str(model_file), "--input", str(tmp_path / f"{name}.csv")]
+        args += ["--meta", str(tmp_path / "meta.json")]
+        assert main([*args, "--out", str(tmp_path / f"{name}.out.csv")]) == 0
+    assert (tmp_path / "bom.out.csv").read_text() == (tmp_path / "plain.out.csv").read_text()
+    # without a header the BOM is not part of the first cell either
+    from nnops.predict_input import read_rows
+
+    rows.iloc[:, :3].to_csv(
+        tmp_path / "bare.csv", index=False, header=False, sep=sep, encoding="utf-8-sig"
+    )
+    x = read_rows(tmp_path / "bare.csv", 3, header=False)
+    assert x.tolist() == rows.iloc[:, :3].to_numpy(np.float32).tolist()
+
+
 def test_cli_scores_npz_and_headerless_csv(tmp_path: Path, model_file: Path):
     np.savez(tmp_path / "rows.npz", x_raw=np.array([[0, 4, 0]], dtype=np.float32))
     assert (
