@@ -319,6 +319,12 @@ def delimiter(header: list[str]) -> str:
     return found[0] if len(found) == 1 else ","
 
 
+# The strings pandas reads as missing by default (its documented list).
+NA_WORDS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+            "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan",
+            "null"]  # fmt: skip
+
+
 def csv_columns(path: Path) -> tuple[list[str], str]:
     """The header's column names and the field separator (a comma, or the ``;``, tab or ``|``
     a comma-free header line implies), duplicated names refused.
@@ -346,7 +352,7 @@ def csv_header(path: Path, sep: str = ",") -> list[str]:
     import csv
 
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # without a BOM (Excel's)
             header = next(csv.reader(fh, delimiter=sep), None)
     except UnicodeDecodeError as exc:
         raise NnopsError(f"{path}: cannot parse as CSV ({exc})") from None
@@ -390,9 +396,12 @@ def read_csv(path: str | Path, label_column: str, exclude_columns: Sequence[str]
         exclude_columns: columns kept for slicing, not used as features.
     """
     path = input_file(path, "a csv file (data.path)")
-    _, sep = csv_columns(path)
+    header, sep = csv_columns(path)
+    # pandas' usual missing-value words for the features; a label is missing only when its cell
+    # is empty, so that classes named "None", "NA" or "null" stay classes.
+    na = {name: NA_WORDS for name in header if name != label_column} | {label_column: [""]}
     try:
-        table = pd.read_csv(path, low_memory=False, sep=sep)
+        table = pd.read_csv(path, low_memory=False, sep=sep, keep_default_na=False, na_values=na)
     except pd.errors.EmptyDataError:
         raise NnopsError(f"{path}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
