@@ -76,6 +76,13 @@ def start_training_run(
             with store_lock(uri):
                 client.update_run(resume_id, status=RunStatus.to_string(RunStatus.RUNNING))
                 client.set_tag(resume_id, "nnops.resumed", "true")
+                # The interruption is history now: kept as nnops.interrupted_*, so a filter on
+                # nnops.end_reason finds only runs that really ended there.
+                for key in ("end_reason", "ended_at_epoch"):
+                    value = run.data.tags.get(f"nnops.{key}")
+                    if value is not None:
+                        client.set_tag(resume_id, f"nnops.interrupted_{key}", value)
+                        client.delete_tag(resume_id, f"nnops.{key}")
                 for key, value in process_tags().items():
                     client.set_tag(resume_id, key, value)
             log.info("continuing MLflow run %s", resume_id)

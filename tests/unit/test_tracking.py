@@ -22,7 +22,7 @@ from nnops.tracking import (
     resolve_tracking_uri,
     write_run_info,
 )
-from nnops.training_run import EpochLogger, start_training_run
+from nnops.training_run import EpochLogger, fail_run, start_training_run
 
 pytestmark = pytest.mark.unit
 
@@ -107,7 +107,8 @@ def test_run_continues_after_a_resume_and_logs_each_epoch_once(mlflow_store):
     logger(1, {"loss": 1.0, "val_loss": 1.5})
     logger(2, {"loss": 0.5, "val_loss": 1.0})
 
-    # The stage is killed and rerun: it continues the same run with a fresh logger.
+    # The stage is stopped (Ctrl-C) and rerun: it continues the same run with a fresh logger.
+    fail_run(info, "KILLED", 2, "stopped by SIGINT at epoch 2")
     again = start_training_run(uri, "unit", flat, {}, resume_id=info.run_id)
     assert again.run_id == info.run_id
     resumed = EpochLogger(again)
@@ -123,6 +124,10 @@ def test_run_continues_after_a_resume_and_logs_each_epoch_once(mlflow_store):
     assert run.data.params["mlflow.tracking_uri"] == "None"
     assert run.data.tags["git.commit"] == "abc" and run.data.tags["nnops.resumed"] == "true"
     assert run.info.status == "RUNNING"
+    # The interruption is kept as history, not as how the run ended.
+    assert "nnops.end_reason" not in run.data.tags and "nnops.ended_at_epoch" not in run.data.tags
+    assert run.data.tags["nnops.interrupted_end_reason"] == "stopped by SIGINT at epoch 2"
+    assert run.data.tags["nnops.interrupted_ended_at_epoch"] == "2"
 
     # A resume id that is not in the store starts a new run instead of failing.
     fresh = start_training_run(uri, "unit", flat, {}, resume_id="0" * 32)
