@@ -82,8 +82,11 @@ def read_batch(
             names if x.shape[1] == len(names) else [f"column_{i + 1}" for i in range(x.shape[1])]
         )
         return Batch(pd.DataFrame(x, columns=columns, copy=False), str(path), "npz")
+    sep = _separator(path, header)
     try:
-        frame = pd.read_csv(path, header=0 if header else None, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(
+            path, sep=sep, header=0 if header else None, dtype=str, keep_default_na=False
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise NnopsError(f"{path}: not a readable CSV ({exc})") from None
     if not header:
@@ -94,6 +97,28 @@ def read_batch(
             else [f"column_{i + 1}" for i in range(frame.shape[1])]
         )
     return Batch(frame, str(path), "csv")
+
+
+def _separator(path: Path, header: bool) -> str:
+    """The CSV's field separator, found as ingest and predict find it: a comma, or the ``;``,
+    tab or ``|`` a comma-free first line implies (a header's duplicated names are refused).
+
+    Args:
+        path: the CSV file.
+        header: whether the first line names the columns.
+    """
+    import csv
+
+    from nnops.ingest import csv_columns, delimiter
+
+    if header:
+        return csv_columns(path)[1]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            first = next(csv.reader(fh), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise NnopsError(f"{path}: not a readable CSV ({exc})") from None
+    return delimiter(first) if first else ","
 
 
 def schema_problems(batch: Batch, profile: dict[str, Any]) -> list[str]:

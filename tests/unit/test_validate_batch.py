@@ -106,6 +106,29 @@ def test_bad_cells_and_unknown_labels_are_named(tmp_path: Path, iris_case, capsy
     assert "FAILED label_set: column target: observed ['rose']" in err
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_semicolon_or_tab_separated_batch_is_checked_like_a_comma_one(
+    tmp_path: Path, iris_case, capsys, sep: str
+):
+    """A spreadsheet's ';' or tab CSV is read with its separator, as ingest and predict read it."""
+    profile, batch = iris_case
+    batch.to_csv(tmp_path / "new.csv", index=False, sep=sep)
+    assert batch_cli("--reference", str(profile), str(tmp_path / "new.csv")) == 0
+    assert "new.csv: passed (0 of 7 checks failed, 45 rows)" in capsys.readouterr().out
+    read = validate_batch.read_batch(tmp_path / "new.csv", json.loads(profile.read_text()))
+    assert list(read.frame.columns) == list(batch.columns) and read.frame.shape == batch.shape
+    features = batch.drop(columns=["target"])
+    features.to_csv(tmp_path / "bare.csv", index=False, header=False, sep=sep)
+    assert batch_cli("--reference", str(profile), "--no-header", str(tmp_path / "bare.csv")) == 0
+    assert "bare.csv: passed" in capsys.readouterr().out
+    # the columns are told apart: a shifted one is named by its drift
+    shifted = batch.copy()
+    shifted["petal length (cm)"] += 100.0
+    shifted.to_csv(tmp_path / "shifted.csv", index=False, sep=sep)
+    assert batch_cli("--reference", str(profile), str(tmp_path / "shifted.csv")) == 2
+    assert "FAILED drift: column petal length (cm)" in capsys.readouterr().err
+
+
 def test_missing_profile_is_a_one_line_error(tmp_path: Path, capsys):
     (tmp_path / "new.csv").write_text("a\n1\n")
     assert batch_cli("--reference", str(tmp_path / "nope.json"), str(tmp_path / "new.csv")) == 2
