@@ -101,8 +101,13 @@ def _summaries(values: np.ndarray) -> tuple[np.ndarray, ...]:
     return missing, infinite, low, high
 
 
-# Column names that say "row number or identifier" (pandas writes its index as "Unnamed: 0").
-_ID_NAME = re.compile(r"(?i)^(id|idx|index|row|rowid|row_id|row_number|unnamed: ?\d+)$|_id$")
+# Column names that say "row number or identifier" (pandas writes its index as "Unnamed: 0"):
+# id, index, ..., a snake_case name ending in _id (any case), or a camelCase one ending in Id or
+# ID after a lowercase letter (PatientId, CustomerID, userId; case-sensitive, so that words
+# ending in "id" such as fluid, acid or Squid are not taken for ids).
+_ID_NAME = re.compile(
+    r"(?i:^(id|idx|index|row|rowid|row_id|row_number|unnamed: ?\d+)$|_id$)|[a-z](Id|ID)$"
+)
 
 
 def _row_ids(names: list[str], values: np.ndarray, low: np.ndarray, high: np.ndarray) -> list[int]:

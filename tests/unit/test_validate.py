@@ -397,3 +397,24 @@ def test_a_row_number_or_id_column_is_refused_as_a_feature(tmp_path: Path):
     kept = from_table(table, "target", ("Unnamed: 0", "sample", "customer_id"), where="wine.csv")
     again = check(tmp_path / "b", kept)
     assert "no_row_id_features" not in failed(again)
+
+
+def test_camel_case_id_names_are_row_ids_and_words_ending_in_id_are_not(tmp_path: Path):
+    """PatientId, CustomerID and userId holding distinct integers with gaps are ids by name;
+    fluid, acid, humid and Squid holding the same kind of values are ordinary features."""
+    from sklearn.datasets import load_wine
+
+    from nnops.ingest import from_table
+
+    table = load_wine(as_frame=True).frame
+    n = len(table)
+    rng = np.random.default_rng(1)
+    ids = ("PatientId", "CustomerID", "userId")
+    words = ("fluid", "acid", "humid", "Squid")
+    for name in (*ids, *words):  # distinct integers, far from consecutive: only the name decides
+        table[name] = rng.choice(1000 * n, n, replace=False) + 10_000
+    report = check(tmp_path, from_table(table, "target", (), where="wine.csv"))
+    entry = failed(report)["no_row_id_features"]
+    assert {f["column"] for f in entry["failing_columns"]} == set(ids)
+    line = next(x for x in validation_report.failure_lines(report) if "no_row_id" in x)
+    assert "(3 columns fail)" in line and all(repr(w) not in line for w in words)
