@@ -347,6 +347,28 @@ def decision_record(
     }
 
 
+def recorded_decision(tags: Mapping[str, str]) -> dict[str, Any]:
+    """The gates, reason and previous champion ``promotion_tags`` recorded on a version, for the
+    record of a rerun that finds it already champion; empty when it has none.
+
+    Args:
+        tags: the version's tags.
+    """
+    if not tags.get(TAG_PREFIX + "gates"):
+        return {}
+    try:
+        gates = json.loads(tags[TAG_PREFIX + "gates"])
+    except ValueError:
+        return {}
+    previous = tags.get(TAG_PREFIX + "previous_champion")
+    return {
+        "gates": gates,
+        "failed_gates": [g["name"] for g in gates if not g.get("passed")],
+        "reason": f"already champion ({tags.get(TAG_PREFIX + 'reason', 'recorded earlier')})",
+        "previous_champion": None if previous in (None, "none") else previous,
+    }
+
+
 def _gate(
     client: Any, cand: Candidate, params: RegisterParams, test_hash: str, on_step: Step | None
 ) -> dict[str, Any]:
@@ -364,6 +386,8 @@ def _gate(
             client, cand, current, test_hash, params.min_unseen_test_rows
         )
     record = decision_record(cand, params, previous, champion, new_lineage)
+    if already:  # a rerun (after an interrupted register): say again why it was promoted
+        record |= recorded_decision(dict(current.tags or {}))
     if not already:
         tags = promotion_tags(
             cand.run_id,

@@ -260,12 +260,15 @@ def test_first_model_becomes_champion_then_a_worse_one_does_not(fresh: Path):
     assert champ.tags["nnops.previous_champion"] == "none"
     first_run = champ.tags["nnops.run_id"]
 
-    # Rerunning register for the same run neither registers again nor moves the alias.
+    # Rerunning register for the same run neither registers again nor moves the alias, and
+    # its record still says why the version was promoted (as after an interrupted register).
+    first_record = json.loads((built / "reports" / "registry.json").read_text())
     stage(built, "register")
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
-    assert json.loads((built / "reports" / "registry.json").read_text())["reason"] == (
-        "already champion"
-    )
+    again = json.loads((built / "reports" / "registry.json").read_text())
+    assert again["reason"] == f"already champion ({first_record['reason']})"
+    assert again["gates"] == first_record["gates"] and again["gates"]
+    assert again["previous_champion"] is None and again["promoted"] is True
 
     # A smaller, briefly trained model: relax the absolute bounds so that only the champion
     # comparison decides, and it must fail it.
