@@ -67,9 +67,13 @@ def effective_steps_per_execution(
     """
     if runtime.kind == "none" and not (xla and params.input_pipeline == "in_graph"):
         return params.steps_per_execution
-    what = f"train.distribute={runtime.kind}" if runtime.kind != "none" else "the XLA-compiled"
+    what = (
+        f"train.distribute={runtime.kind}: the training loop"
+        if runtime.kind != "none"
+        else "the XLA-compiled in-graph loop"
+    )
     log.info(
-        "%s: the training loop runs all %d steps of an epoch in one call "
+        "%s runs all %d steps of an epoch in one call "
         "(train.steps_per_execution=%d applies to the other loops)",
         what,
         steps,
