@@ -299,3 +299,26 @@ def test_numbers_in_exponent_form_are_floats_as_dvc_writes_them(tmp_path: Path):
     path.write_text(text.replace("l2: 1e-05", "l2: '1e-05'"))
     with pytest.raises(ConfigError, match="train.l2: received '1e-05'"):
         load_params(path)
+
+
+def test_params_yaml_survives_the_list_edits_of_dvc_exp_run_set_param(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel; a list with its comment on the same
+    line came back as unreadable YAML after `-S key=[a]` then `-S key=[]`."""
+    from dvc.utils.hydra import apply_overrides
+
+    from nnops.config import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    edits = [
+        ["data.exclude_columns=[garden]", "explain.slice_by=[garden]"],
+        ["data.exclude_columns=[]", "explain.slice_by=[]"],
+        ["data.exclude_columns=[a,b]"],
+        ["data.exclude_columns=[]"],
+        ["evaluate.learning_curve=[0.5,1.0]"],
+        ["evaluate.learning_curve=null"],
+    ]
+    for edit in edits:
+        apply_overrides(str(path), edit)
+        params = load_params(path)  # a ConfigError names the broken line
+    assert params.data.exclude_columns == () and params.explain.slice_by == ()
