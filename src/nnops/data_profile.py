@@ -6,7 +6,8 @@ small tables that keep every guarantee:
 
 - ``columns``: the raw table with no rows (names and order, for the schema check);
 - ``rows``: one row per example: ``label``, ``origin`` and a ``row_hash`` over features + label;
-- ``features``: one row per feature column: dtype, missing and infinite counts, finite min and
+- ``features``: one row per feature column: dtype, missing and infinite counts (a value beyond
+  float32's range counts as infinite: preprocess stores features as float32), finite min and
   max, whether it is a row number or id (``row_id``), and the drift decision between the train
   and test partitions (:mod:`nnops.drift`);
 - ``classes``: one row per class: count and share of rows.
@@ -86,11 +87,27 @@ def _split_for_drift(
     return parts.train, parts.test, info
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest float32 (~3.4e38): preprocess stores features as float32, so a value beyond it
+becomes inf there, and counts as infinite here."""
+
+
+def not_float32(values: np.ndarray) -> np.ndarray:
+    """Where ``values`` are infinite or beyond float32's range (NaN is neither).
+
+    Args:
+        values: float values, any shape.
+    """
+    with np.errstate(invalid="ignore"):
+        return (values > FLOAT32_MAX) | (values < -FLOAT32_MAX)
+
+
 def _summaries(values: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Missing and infinite counts, finite min and max per feature row of ``values``."""
+    """Missing and infinite counts (infinite, or beyond float32's range), finite min and max per
+    feature row of ``values``."""
     if values.dtype.kind == "f":
         missing = np.isnan(values).sum(axis=1)
-        infinite = np.isinf(values).sum(axis=1)
+        infinite = not_float32(values).sum(axis=1)
         finite = np.isfinite(values)
         low = np.where(finite, values, np.inf).min(axis=1, initial=np.inf)
         high = np.where(finite, values, -np.inf).max(axis=1, initial=-np.inf)

@@ -3,10 +3,11 @@
 ``nnops validate-batch --reference reports/validation/profile.json rows.csv``
 
 The checks follow the validate stage's: schema (feature columns present, nothing unknown; for npz
-the number of columns), numeric cells, no missing or infinite values, the value bounds, known
-labels when the batch has them, and drift against the training partition with the same
-statistics and thresholds (:func:`nnops.drift.drift_table`), measured against the profile's
-quantile sketch. The checks are plain numpy so a 10,000-row batch is judged in about a second.
+the number of columns), numeric cells, no missing or infinite values (a value beyond float32's
+range counts as infinite), the value bounds, known labels when the batch has them, and drift
+against the training partition with the same statistics and thresholds
+(:func:`nnops.drift.drift_table`), measured against the profile's quantile sketch. The checks
+are plain numpy so a 10,000-row batch is judged in about a second.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import pandas as pd
 
 from nnops import drift
 from nnops.catalog import PROFILE_JSON, VALIDATION_DIR
-from nnops.data_profile import PROFILE_FORMAT
+from nnops.data_profile import PROFILE_FORMAT, not_float32
 from nnops.errors import NnopsError
 from nnops.io import load_npz, plain, read_json
-from nnops.validation_report import failure_lines, range_detail, render_html
+from nnops.validation_report import failure_lines, infinite_detail, range_detail, render_html
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +221,13 @@ def check_batch(
         _entry("no_missing_features", not cols, "no feature value is missing",
                ", ".join(cols[:5]) or None, int(missing.sum()), 0)
     )  # fmt: skip
-    infinite = np.isinf(numbers) if numbers.dtype.kind == "f" else np.zeros(numbers.shape, bool)
+    infinite = not_float32(numbers) if numbers.dtype.kind == "f" else np.zeros(numbers.shape, bool)
     cols = [names[j] for j in np.flatnonzero(infinite.any(axis=0))]
     entries.append(
-        _entry("no_infinite_features", not cols, "no feature value is infinite",
-               ", ".join(cols[:5]) or None, int(infinite.sum()), 0)
+        _entry("no_infinite_features", not cols,
+               "no feature value is infinite, or beyond float32's range",
+               ", ".join(cols[:5]) or None, int(infinite.sum()), 0,
+               **({"detail": infinite_detail(values, cols)} if cols else {}))
     )  # fmt: skip
     low, high = profile["value_bounds"]
     for name, bound, side in (("value_min", low, "below"), ("value_max", high, "above")):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nnops.data_profile import ORIGINS, Profile
+from nnops.data_profile import FLOAT32_MAX, ORIGINS, Profile, not_float32
 from nnops.expectations import Check
 from nnops.io import plain
 
@@ -100,6 +100,29 @@ def range_detail(
     return "; ".join(parts) + f" (allowed {bound})" if parts else ""
 
 
+def infinite_detail(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    """Say which features hold infinite values or values beyond float32's range, and how many.
+
+    Args:
+        frame: the raw table (or a batch).
+        columns: the failing features.
+    """
+    parts = []
+    for c in [c for c in columns if c in frame.columns][:3]:
+        values = pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
+        inf = int(np.isinf(values).sum())
+        big = values[np.isfinite(values) & not_float32(values)]
+        seen = [f"{inf} infinite"] if inf else []
+        if len(big):
+            seen.append(f"{len(big)} beyond float32's range, up to {np.abs(big).max():g}")
+        parts.append(f"{c} ({', '.join(seen)})")
+    more = f" and {len(columns) - 3} more" if len(columns) > 3 else ""
+    return (
+        f"{', '.join(parts)}{more}: infinite, or beyond float32's range (|x| > "
+        f"{FLOAT32_MAX:.6g}), which float32, the dtype models train and predict in, holds as inf"
+    )
+
+
 def row_id_detail(features: pd.DataFrame, columns: Sequence[str]) -> str:
     """Say which features are row numbers or ids, their range, and how to keep them out.
 
@@ -154,6 +177,8 @@ def _entry(prof: Profile, check: Check, res: Any) -> dict[str, Any]:
         column, observed, failing = item["column"], item["observed"], item["failing"]
         if check.name == "no_row_id_features" and failing:
             detail = row_id_detail(prof.features, [f["column"] for f in failing])
+        if check.name == "no_infinite_features" and failing:
+            detail = infinite_detail(prof.frame, [f["column"] for f in failing])
         if check.name in ("value_min", "value_max") and failing:
             bound = check.kwargs.get("min_value", check.kwargs.get("max_value"))
             low, high = (bound, None) if check.name == "value_min" else (None, bound)

@@ -418,3 +418,23 @@ def test_camel_case_id_names_are_row_ids_and_words_ending_in_id_are_not(tmp_path
     assert {f["column"] for f in entry["failing_columns"]} == set(ids)
     line = next(x for x in validation_report.failure_lines(report) if "no_row_id" in x)
     assert "(3 columns fail)" in line and all(repr(w) not in line for w in words)
+
+
+def test_values_beyond_float32_range_count_as_infinite(tmp_path: Path):
+    """1e40 is finite in float64 but inf in the float32 arrays preprocess writes: refused here."""
+    top = real_table("wine").frame["proline"].max() * 1e37
+    with np.errstate(over="ignore"):
+        assert np.isfinite(top) and np.isinf(np.float32(top))  # what preprocess would store
+    report = check(tmp_path / "ok", real_table("wine"))
+    assert "no_infinite_features" not in failed(report)
+    big = real_table("wine")
+    big.frame["proline"] = big.frame["proline"] * 1e37  # a column of ~1e40
+    big.frame.loc[0, "ash"] = -np.inf
+    report = check(tmp_path / "big", big)
+    entry = failed(report)["no_infinite_features"]
+    assert {f["column"] for f in entry["failing_columns"]} == {"proline", "ash"}
+    assert {f["observed"] for f in entry["failing_columns"]} == {len(big.frame), 1}
+    line = next(x for x in validation_report.failure_lines(report) if "no_infinite" in x)
+    assert "beyond float32's range (|x| > 3.40282e+38)" in line
+    assert "proline (178 beyond float32's range, up to 1.68e+40)" in line
+    assert "ash (1 infinite)" in line, line

@@ -129,6 +129,21 @@ def test_a_semicolon_or_tab_separated_batch_is_checked_like_a_comma_one(
     assert "FAILED drift: column petal length (cm)" in capsys.readouterr().err
 
 
+def test_values_beyond_float32_range_fail_as_infinite(tmp_path: Path, iris_case, capsys):
+    """A batch cell of 1e40 becomes inf once cast to float32 for the model: counted as infinite."""
+    profile, batch = iris_case
+    bad = batch.copy()
+    bad.loc[2, "sepal width (cm)"] = 1e40
+    bad.loc[5, "sepal width (cm)"] = -3e39
+    bad.to_csv(tmp_path / "new.csv", index=False)
+    assert batch_cli("--reference", str(profile), str(tmp_path / "new.csv")) == 2
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "no_infinite_features" in x)
+    assert "column sepal width (cm): observed 2, bound 0" in line
+    assert "no feature value is infinite, or beyond float32's range" in line
+    assert "sepal width (cm) (2 beyond float32's range, up to 1e+40)" in line, line
+
+
 def test_missing_profile_is_a_one_line_error(tmp_path: Path, capsys):
     (tmp_path / "new.csv").write_text("a\n1\n")
     assert batch_cli("--reference", str(tmp_path / "nope.json"), str(tmp_path / "new.csv")) == 2
