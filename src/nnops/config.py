@@ -363,6 +363,21 @@ class Params(_Section):
         return self
 
     @model_validator(mode="after")
+    def _slices_are_carried(self) -> Params:
+        # preprocess carries exactly data.exclude_columns as slice columns: check before training.
+        missing = [c for c in self.explain.slice_by if c not in self.data.exclude_columns]
+        if missing:
+            have = ", ".join(self.data.exclude_columns) or "none"
+            close = difflib.get_close_matches(missing[0], self.data.exclude_columns, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"explain.slice_by: column(s) {', '.join(map(repr, missing))} not found in "
+                f"data.exclude_columns (available slice columns: {have}){hint} Slice columns "
+                "are csv columns listed in data.exclude_columns (kept, but not features)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _tune_space_fits_train(self) -> Params:
         from nnops.tune_space import check_space
 

@@ -161,8 +161,10 @@ def test_bad_slice_column_fails_before_touching_outputs(csv_project: Path, tmp_p
         check=False,
     )
     assert proc.returncode == 2
-    assert "explain: error: explain.slice_by: column(s) 'regoin' not found" in proc.stderr
-    assert "available slice columns: region" in proc.stderr
+    # refused by the params check, before any data is read
+    assert proc.stderr.startswith(f"explain: error: {params}: invalid params")
+    assert "explain.slice_by: column(s) 'regoin' not found in data.exclude_columns" in proc.stderr
+    assert "available slice columns: region); did you mean 'region'?" in proc.stderr
     after = {p.name: p.read_bytes() for p in (csv_project / "reports" / "explain").iterdir()}
     assert after == before
 

@@ -322,3 +322,19 @@ def test_params_yaml_survives_the_list_edits_of_dvc_exp_run_set_param(tmp_path):
         apply_overrides(str(path), edit)
         params = load_params(path)  # a ConfigError names the broken line
     assert params.data.exclude_columns == () and params.explain.slice_by == ()
+
+
+def test_slice_columns_must_be_carried_by_data_exclude_columns():
+    """preprocess carries exactly data.exclude_columns; a slice column elsewhere would only fail
+    in the explain stage, after training."""
+    raw = copy.deepcopy(REPO_RAW)
+    raw["data"].update(source="csv", path="t.csv", exclude_columns=["region"])
+    raw["explain"]["slice_by"] = ["regoin"]
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert (
+        "explain.slice_by: column(s) 'regoin' not found in data.exclude_columns (available slice "
+        "columns: region); did you mean 'region'?"
+    ) in str(err.value)
+    raw["explain"]["slice_by"] = ["region"]
+    assert parse_params(raw).explain.slice_by == ("region",)

@@ -168,10 +168,16 @@ print("heavy:", heavy)
 
 
 def test_params_diff_lists_only_changed_keys():
-    changed = _params({"train": {"epochs": 3}, "explain": {"slice_by": ["a"]}})
+    slices = {"data": {"exclude_columns": ["a"]}, "explain": {"slice_by": ["a"]}}
+    changed = _params({"train": {"epochs": 3}, **slices})
     rows = rp.params_diff(changed, repo_params())
     committed = repo_params()
     assert rows == [
+        {
+            "key": "data.exclude_columns",
+            "default": list(committed.data.exclude_columns),
+            "value": ["a"],
+        },
         {"key": "explain.slice_by", "default": list(committed.explain.slice_by), "value": ["a"]},
         {"key": "train.epochs", "default": committed.train.epochs, "value": 3},
     ]
