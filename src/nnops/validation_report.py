@@ -132,7 +132,7 @@ def row_id_detail(features: pd.DataFrame, columns: Sequence[str]) -> str:
     """
     table = features.set_index("feature")
     shown = ", ".join(
-        f"{c} ({table.at[c, 'min']:g}..{table.at[c, 'max']:g})" for c in columns[:3]
+        f"{c} ({_whole(table.at[c, 'min'])}..{_whole(table.at[c, 'max'])})" for c in columns[:3]
     ) + (f" and {len(columns) - 3} more" if len(columns) > 3 else "")
     listed = ", ".join(repr(c) for c in columns)
     return (
@@ -140,6 +140,12 @@ def row_id_detail(features: pd.DataFrame, columns: Sequence[str]) -> str:
         "learn the row order instead of the data (and the label, when the file is sorted by "
         f"it). List it in data.exclude_columns (kept for slicing, never a feature): [{listed}]"
     )
+
+
+def _whole(value: Any) -> str:
+    """An integer-valued number in full (``3000000017``, not ``3e+09``); any other as ``:g``."""
+    number = float(value)
+    return str(int(number)) if np.isfinite(number) and number == int(number) else f"{number:g}"
 
 
 def _drift_entry(prof: Profile) -> tuple[Any, Any, list[dict[str, Any]]]:

@@ -438,3 +438,21 @@ def test_values_beyond_float32_range_count_as_infinite(tmp_path: Path):
     assert "beyond float32's range (|x| > 3.40282e+38)" in line
     assert "proline (178 beyond float32's range, up to 1.68e+40)" in line
     assert "ash (1 infinite)" in line, line
+
+
+def test_row_id_ranges_print_large_integers_in_full(tmp_path: Path):
+    """Ten-digit account ids show as 3000000017..3999999123, not as 3e+09..4e+09."""
+    from sklearn.datasets import load_wine
+
+    from nnops.ingest import from_table
+
+    table = load_wine(as_frame=True).frame
+    n = len(table)
+    rng = np.random.default_rng(2)
+    middle = rng.choice(999_999_105, n - 2, replace=False) + 1  # distinct, with gaps
+    table["account_id"] = 3_000_000_017 + rng.permutation(np.r_[0, middle, 999_999_106])
+    report = check(tmp_path, from_table(table, "target", (), where="wine.csv"))
+    entry = failed(report)["no_row_id_features"]
+    assert entry["detail"].startswith("account_id (3000000017..3999999123): distinct integers")
+    line = next(x for x in validation_report.failure_lines(report) if "no_row_id" in x)
+    assert "account_id (3000000017..3999999123)" in line and "e+09" not in line
