@@ -62,7 +62,7 @@ def build_checks(prof: Profile, params: ValidateParams, meta: dict[str, Any]) ->
         ("no_missing_features", "features", between, {"column": "n_missing", "max_value": 0},
          "n_missing", 0, "no feature value is missing (null/NaN)"),
         ("no_infinite_features", "features", between, {"column": "n_infinite", "max_value": 0},
-         "n_infinite", 0, "no feature value is infinite"),
+         "n_infinite", 0, "no feature value is infinite, or beyond float32's range"),
         ("no_row_id_features", "features", in_set, {"column": "row_id", "value_set": [0]},
          "row_id", "none", "no feature is a row number or id (distinct integers, one per row)"),
         ("no_missing_labels", "rows", "ExpectColumnValuesToNotBeNull", {"column": "label"},

@@ -51,12 +51,15 @@ def check_rows(
     for j, name in enumerate(columns):
         cells = frame.iloc[:, j]
         values = pd.to_numeric(cells, errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy() | ~np.isfinite(values.to_numpy(float)))
+        numbers = values.to_numpy(float)
+        with np.errstate(invalid="ignore"):  # NaN compares False: counted by isna
+            wide = np.abs(numbers) > np.finfo(np.float32).max  # inf once cast to float32
+        bad = np.flatnonzero(values.isna().to_numpy() | ~np.isfinite(numbers) | wide)
         if len(bad):
             i = int(bad[0])
             raise NnopsError(
                 f"{source}: column {name!r}, row {i + first_row}: {cells.iloc[i]!r} is not a "
-                f"finite number ({len(bad)} bad cell(s) in this column)"
+                f"finite number within float32's range ({len(bad)} bad cell(s) in this column)"
             )
         out[:, j] = values.to_numpy(np.float32)
     return out

@@ -34,7 +34,8 @@ def test_wrong_column_count_is_named():
 
 
 @pytest.mark.parametrize(
-    "cell, shown", [("abc", "'abc'"), ("", "''"), ("inf", "'inf'"), ("1,5", "'1,5'")]
+    "cell, shown",
+    [("abc", "'abc'"), ("", "''"), ("inf", "'inf'"), ("1,5", "'1,5'"), ("1e40", "'1e40'")],
 )
 def test_bad_cell_names_column_and_row(cell, shown):
     rows = [["1", "2", "3"], ["4", cell, "6"], ["7", "x", "9"]]
