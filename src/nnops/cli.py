@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "tune": ("nnops.tune", "search train.* with Optuna, every trial in MLflow; apply the winner"),
     "reproduce": ("nnops.reproduce", "rerun the pipeline of a registered model and compare"),
+    "promote": ("nnops.promote", "make a registered version @champion by hand, with a reason"),
     "warm": ("nnops.warm_server", "list or stop the warm servers that start stages fast"),
 }
 

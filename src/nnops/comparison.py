@@ -75,7 +75,7 @@ def champion_comparison(
         return out | {"accuracy": None, "overlap": overlap, "rows": rows, "refused": (
             f"no fair comparison: {what}, leaving {rows} it did not see, fewer than "
             f"register.min_unseen_test_rows={min_rows}; the model is not promoted over it "
-            "(move the @champion alias by hand to promote it anyway)")}  # fmt: skip
+            "(`nnops promote VERSION --reason ...` promotes it anyway, on record)")}  # fmt: skip
     log.warning("%s; both models are compared on the other %d", what, rows)
     return out | {
         "accuracy": score_model(uri, x[keep], y[keep]),
