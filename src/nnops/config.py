@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnops.io import read_yaml
+from nnops.params_errors import describe
 from nnops.secrets import redact_text, redact_url, url_secret
 
 PARAMS_FILE = "params.yaml"
@@ -406,70 +407,11 @@ def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, tree)]
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """Return the pydantic model that owns the key at ``loc`` (for suggestions)."""
-    model: Any = Params
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        fields = {f.alias or name: f for name, f in model.model_fields.items()}
-        field = fields.get(part) or model.model_fields.get(part)
-        if field is None:
-            return None
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
-        candidates = [annotation, *args]
-        nxt = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
-        if nxt is None:
-            return None
-        model = nxt
-    return model
-
-
 # The tags pydantic puts in an error's location after a list index of tune.space
 # (``tune.space.0.float.low``): not keys of params.yaml, so left out of the dotted name.
 _DIMENSION_TAGS = {
     m.model_fields["type"].annotation.__args__[0] for m in (FloatDim, IntDim, CategoricalDim)
 }
-
-
-def _describe(error: dict[str, Any]) -> str:
-    raw_loc = error["loc"]
-    loc = tuple(
-        p
-        for i, p in enumerate(raw_loc)
-        if not (isinstance(p, str) and "[" in p)
-        and not (i and isinstance(raw_loc[i - 1], int) and p in _DIMENSION_TAGS)
-    )
-    dotted = ".".join(str(p) for p in loc) or "<root>"
-    received = error.get("input")
-    kind = error["type"]
-    if kind == "extra_forbidden" and dotted in MOVED_KEYS:
-        return f"{dotted}: moved to {MOVED_KEYS[dotted]}"
-    if kind == "extra_forbidden":
-        owner = _model_at(loc)
-        allowed = sorted(f.alias or n for n, f in owner.model_fields.items()) if owner else []
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
-        return f"{dotted}: unknown key{hint} (allowed here: {', '.join(allowed)})"
-    if kind == "literal_error":
-        allowed = error.get("ctx", {}).get("expected", "")
-        return f"{dotted}: received {received!r}; allowed: {allowed}"
-    if kind == "value_error":
-        return str(error.get("ctx", {}).get("error", error["msg"]))
-    if kind == "union_tag_not_found":
-        tag = str(error.get("ctx", {}).get("discriminator", "type")).strip("'")
-        return f"{dotted}.{tag}: required key is missing"
-    if kind == "missing":
-        return f"{dotted}: required key is missing"
-    if kind in ("tuple_type", "list_type"):
-        return f"{dotted}: received {received!r}; must be a list, e.g. [a, b] or []"
-    if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"{dotted}: received {received!r}; must be a mapping of keys to values"
-    message = error["msg"].lower().replace("input should be", "must be")
-    return f"{dotted}: received {received!r}; {message}"
 
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
@@ -486,7 +428,7 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
+        lines = [describe(e, Params, MOVED_KEYS, _DIMENSION_TAGS) for e in exc.errors()]
         raise ConfigError(f"{source}: invalid params\n  " + "\n  ".join(lines)) from None
 
 
