@@ -139,7 +139,7 @@ def read_csv_rows(
 
     import pandas as pd
 
-    from nnops.ingest import csv_columns, delimiter
+    from nnops.csv_layout import csv_columns, delimiter
 
     if header:
         columns, sep = csv_columns(path)

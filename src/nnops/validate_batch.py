@@ -110,7 +110,7 @@ def _separator(path: Path, header: bool) -> str:
     """
     import csv
 
-    from nnops.ingest import csv_columns, delimiter
+    from nnops.csv_layout import csv_columns, delimiter
 
     if header:
         return csv_columns(path)[1]
