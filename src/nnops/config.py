@@ -370,11 +370,12 @@ class Params(_Section):
         if missing:
             have = ", ".join(self.data.exclude_columns) or "none"
             close = difflib.get_close_matches(missing[0], self.data.exclude_columns, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f"; did you mean {close[0]!r}?" if close else "."
             raise ValueError(
                 f"explain.slice_by: column(s) {', '.join(map(repr, missing))} not found in "
                 f"data.exclude_columns (available slice columns: {have}){hint} Slice columns "
-                "are csv columns listed in data.exclude_columns (kept, but not features)"
+                "are csv columns listed in data.exclude_columns (kept, but not features); a "
+                "feature column cannot be a slice"
             )
         return self
 

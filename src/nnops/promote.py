@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import signal
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from nnops.errors import NnopsError
+from nnops.secrets import redact_text
 
 MANUAL_TAG = "nnops.promoted_by_hand"
 
@@ -40,7 +43,13 @@ def promote_by_hand(client: Any, name: str, version: str, reason: str) -> str | 
         return previous
     when = datetime.now(UTC).isoformat(timespec="seconds")
     who = getpass.getuser()
+    recorded = dict(client.get_model_version(name, version).tags or {})
+    kept = {}  # the gate's own decision stays on record beside the person's
+    for key in ("reason", "decided_at"):
+        if recorded.get(TAG_PREFIX + key):
+            kept[f"{TAG_PREFIX}gate_{key}"] = recorded[TAG_PREFIX + key]
     tags = {
+        **kept,
         TAG_PREFIX + "promoted": "true",
         TAG_PREFIX + "promoted_at": when,
         TAG_PREFIX + "decided_at": when,
@@ -77,27 +86,40 @@ def main(argv: list[str] | None = None, prog: str = "nnops promote") -> int:
         if not args.reason.strip():
             raise NnopsError("--reason is empty; say why this version is promoted by hand")
         uri, name = args.tracking_uri, args.model_name
+        params = load_params() if Path("params.yaml").is_file() else None
         if uri is None:
             from nnops.predict import default_tracking_uri
 
             uri = default_tracking_uri()
         if name is None:
-            name = load_params().registry.model_name
+            if params is None:
+                raise NnopsError("no params.yaml here to read register.model_name from; pass "
+                                 "--model-name")  # fmt: skip
+            name = params.registry.model_name
         import mlflow
 
         from nnops.lease import register_lease
         from nnops.predict import check_store_exists
+        from nnops.tracking import ensure_reachable
 
         check_store_exists(uri)
+        ensure_reachable(uri, params.mlflow.connect_timeout_s if params else 10.0)
         client = mlflow.MlflowClient(uri)
         with register_lease(uri, name):
             previous = promote_by_hand(client, name, str(args.version), args.reason.strip())
     except (NnopsError, ConfigError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the alias moves last, so all or nothing
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"{prog}: stopped by {signal.Signals(signum).name}; if the alias had not moved yet, "
+              "@champion is unchanged", file=sys.stderr)  # fmt: skip
+        return 128 + signum
     if previous == str(args.version):
         print(f"{prog}: {name} version {args.version} is already @champion; nothing changed")
     else:
         was = f"was version {previous}" if previous else "the first champion"
         print(f"{prog}: {name} version {args.version} is now @champion ({was})")
+        print(f"{prog}: reports/registry.json and the run report still describe the last "
+              "pipeline run's gate; the registry and nnops predict use the new one")  # fmt: skip
     return 0

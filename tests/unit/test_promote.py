@@ -29,6 +29,7 @@ def registry(tmp_path: Path, mlflow_store: str):
 
 def test_promote_by_hand_records_why_then_moves_the_alias(registry, capsys):
     client, uri = registry
+    client.set_model_version_tag("m", "3", "nnops.reason", "not promoted: the gate's own words")
     args = ["--model-name", "m", "--tracking-uri", uri]
     assert main(["3", "--reason", "too few unseen test rows; checked by hand", *args]) == 0
     assert "m version 3 is now @champion (was version 1)" in capsys.readouterr().out
@@ -37,6 +38,7 @@ def test_promote_by_hand_records_why_then_moves_the_alias(registry, capsys):
     assert tags["nnops.reason"].endswith(": too few unseen test rows; checked by hand")
     assert tags["nnops.reason"].startswith("promoted by hand by ") and tags[MANUAL_TAG]
     assert tags["nnops.previous_champion"] == "1" and tags["nnops.decision"] == "promoted"
+    assert tags["nnops.gate_reason"] == "not promoted: the gate's own words"  # kept beside it
     assert [h["version"] for h in rg.champion_history(client, "m")] == ["3"]
     # Again: nothing changes.
     assert main(["3", "--reason", "again", *args]) == 0
@@ -62,3 +64,13 @@ def test_promote_names_a_missing_store(tmp_path: Path, capsys):
     assert main(["1", "--reason", "x", "--model-name", "m", "--tracking-uri", uri]) == 2
     assert "no MLflow store there" in capsys.readouterr().err
     assert not (tmp_path / "nowhere.db").exists()
+
+
+def test_promote_fails_fast_on_an_unreachable_server(tmp_path: Path, capsys, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the default 10 s connect timeout
+    uri = f"http://127.0.0.1:{free_port()}"
+    assert main(["1", "--reason", "x", "--model-name", "m", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nnops promote: error: ") and uri in err and "Traceback" not in err
