@@ -152,10 +152,12 @@ def check_reference(
     key: str = "x_raw",
     header: bool = True,
     refuse_drift: bool = False,
-) -> list[str]:
+    model_columns: Sequence[str] | None = None,
+) -> list[str] | None:
     """Refuse a batch whose columns or shape differ from the training profile; warn on drift.
 
-    Returns the training feature names (the columns to score, in order).
+    Returns the training feature names (the columns to score, in order); None, unchecked, when
+    the model takes other columns than the profile describes (a model of another dataset).
 
     Drift refuses the batch too when ``refuse_drift`` is set or the profile's
     ``validate.drift_refuse_predict`` param is true.
@@ -166,10 +168,18 @@ def check_reference(
         key: the array to read from an npz file.
         header: whether the CSV's first line names the columns.
         refuse_drift: refuse a drifted batch instead of warning.
+        model_columns: the columns the model recorded, if it did.
     """
     from nnops import validate_batch as vb
 
     profile = vb.load_profile(reference)
+    if model_columns and sorted(model_columns) != sorted(profile["feature_names"]):
+        log.warning(
+            "the model takes other columns than the training profile %s describes (another "
+            "dataset): the batch is not checked against it",
+            reference,
+        )
+        return None
     batch = vb.read_batch(input_path, profile, key, header)
     problems = vb.schema_problems(batch, profile)
     if problems:
@@ -220,19 +230,11 @@ def predict_file(
     if out.parent.exists() and not out.parent.is_dir():
         raise NnopsError(f"{out}: {out.parent} is not a directory")
     model = load_model(model_ref, tracking_uri)
-    if reference and model.feature_names:
-        from nnops.validate_batch import load_profile
-
-        profiled = list(load_profile(reference)["feature_names"])
-        if sorted(profiled) != sorted(model.feature_names):
-            log.warning(
-                "%s takes other columns than the training profile %s describes (another "
-                "dataset): the batch is not checked against it",
-                model_ref,
-                reference,
-            )
-            reference = None
-    names = check_reference(input_path, reference, key, header, refuse_drift) if reference else None
+    names = (
+        check_reference(input_path, reference, key, header, refuse_drift, model.feature_names)
+        if reference
+        else None
+    )
     meta = read_json(meta_path) if meta_path else {}
     # The model's own column order wins: the workspace's profile may be of a later dataset.
     columns = model.feature_names or meta.get("feature_names") or names
