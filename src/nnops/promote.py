@@ -34,7 +34,7 @@ def promote_by_hand(client: Any, name: str, version: str, reason: str) -> str | 
     from nnops.registry import CHAMPION, DECISION_TAG, TAG_PREFIX, alias_version, promote
 
     try:
-        client.get_model_version(name, version)
+        recorded = dict(client.get_model_version(name, version).tags or {})
     except Exception:
         raise NnopsError(f"{name!r} has no version {version} in this store") from None
     current = alias_version(client, name, CHAMPION)
@@ -43,7 +43,6 @@ def promote_by_hand(client: Any, name: str, version: str, reason: str) -> str | 
         return previous
     when = datetime.now(UTC).isoformat(timespec="seconds")
     who = getpass.getuser()
-    recorded = dict(client.get_model_version(name, version).tags or {})
     kept = {}  # the gate's own decision stays on record beside the person's
     for key in ("reason", "decided_at"):
         if recorded.get(TAG_PREFIX + key):
