@@ -73,15 +73,6 @@ class DataParams(_Section):
                 f"data.source={self.source!r} needs data.path (a local file) or data.url "
                 f"(a download source); received {got}"
             )
-        for key, value in (("data.path", self.path), ("data.url", self.url)):
-            secret = url_secret(value) if value else None
-            if secret:
-                raise ValueError(
-                    f"{key}={redact_url(value)!r} carries a secret ({secret}): dvc.lock records "
-                    f"{key} as written, and DVC prints it in its own messages. Put the URL in an "
-                    "environment variable named by data.url_env, or keep the bare URL here and "
-                    "the credentials in one named by data.auth_env (README, 'Secrets')"
-                )
         if self.url and self.url_env:
             raise ValueError(
                 "data.url and data.url_env both set; give the URL in one place (data.url_env "
@@ -323,8 +314,14 @@ class TuneParams(_Section):
         return self
 
 
-# Where the secret of a URL-valued key goes instead (data.path and data.url: DataParams).
+# Where the secret of a URL-valued key goes instead.
+_DATA_URL_HINT = (
+    "DVC also prints it in its own messages. Put the URL in an environment variable named by "
+    "data.url_env, or keep the bare URL here and the credentials in one named by data.auth_env. "
+)
 SECRET_HINTS = {
+    "data.path": _DATA_URL_HINT,
+    "data.url": _DATA_URL_HINT,
     "mlflow.tracking_uri": "Leave the password out (MLflow reads MLFLOW_TRACKING_USERNAME and "
     "MLFLOW_TRACKING_PASSWORD), or set the key to null and the URL in MLFLOW_TRACKING_URI. ",
     "tune.storage": 'Pass the URL as `nnops tune --storage "$OPTUNA_STORAGE"`, or leave the '

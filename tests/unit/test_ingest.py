@@ -499,8 +499,12 @@ def test_a_data_path_url_with_credentials_is_refused_and_auth_env_fetches_it(
 ):
     host, _ = auth_root
     caplog.set_level("INFO")
+    from nnops.config import parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(source="csv", path=f"http://{USER}:{PASSWORD}@{host}/people.csv")
     with pytest.raises(ValueError, match=r"data\.path='http://bob:\*\*\*@.*a password") as err:
-        csv_params(tmp_path, path=f"http://{USER}:{PASSWORD}@{host}/people.csv")
+        parse_params(raw)  # the params check every stage runs first
     assert PASSWORD not in str(err.value)
     # the same URL with the secret in the environment instead: fetched, and watched by DVC
     monkeypatch.setenv("PEOPLE_AUTH", f"{USER}:{PASSWORD}")
