@@ -45,6 +45,37 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
+# Under `make test` (pytest-xdist, --dist loadscope) each test module is one unit of work, so its
+# module fixtures are built on one worker; the tests that use the session's team server (their
+# node ids say "team_server") are one unit too, so PostgreSQL and the signed-in server start once,
+# not once per worker. The controller schedules from node ids alone, hence the naming rule, which
+# pytest_collection_modifyitems enforces.
+TEAM_UNIT = "team_server"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return TEAM_UNIT if TEAM_UNIT in nodeid else nodeid.split("::")[0]
+
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unnamed = [
+        i.nodeid for i in items if "team_server" in i.fixturenames and TEAM_UNIT not in i.nodeid
+    ]
+    if unnamed:
+        raise pytest.UsageError(
+            f"{', '.join(unnamed)}: a test using the team_server fixture needs {TEAM_UNIT!r} in "
+            "its module or test name, so that one worker runs all of them (tests/conftest.py)"
+        )
+
+
 def project_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: the venv first on PATH, no telemetry, no inherited store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
