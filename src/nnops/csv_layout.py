@@ -1,12 +1,14 @@
-"""How a CSV file is laid out: its field separator, its header (no BOM, no duplicated names)
-and the words that mean a missing value. Shared by ingest, predict and validate-batch, so the
-same file reads the same way in each.
+"""How a CSV file is laid out: its compression, its field separator, its header (no BOM, no
+duplicated names) and the words that mean a missing value. Shared by ingest, predict and
+validate-batch, so the same file reads the same way in each.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
+from typing import TextIO
 
 from nnops.errors import NnopsError
 
@@ -26,6 +28,90 @@ def delimiter(header: list[str]) -> str:
 NA_WORDS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan",
             "null"]  # fmt: skip
+
+
+# The first bytes of each compressed format pandas reads, and its name for it there.
+MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"))
+
+
+def compression(path: Path) -> str | None:
+    """The compression of a file as its first bytes show it (``"gzip"``, ``"bz2"``, ``"xz"`` or
+    ``"zip"``), whatever its name says; ``None`` for a plain file. A zip must hold one file.
+
+    Args:
+        path: the file.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(6)
+    kind = next((name for magic, name in MAGIC if head.startswith(magic)), None)
+    if kind == "zip":
+        zip_member(path)
+    return kind
+
+
+def zip_member(path: Path) -> str:
+    """The one file in a zip archive (macOS's ``__MACOSX/`` entries aside), else a clear error.
+
+    Args:
+        path: the zip archive.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist()
+                     if not n.endswith("/") and not n.startswith("__MACOSX/")]  # fmt: skip
+    except zipfile.BadZipFile as exc:
+        raise NnopsError(f"{path}: a damaged zip archive ({exc})") from None
+    if len(names) != 1:
+        listed = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise NnopsError(f"{path}: a zip archive must hold exactly one CSV file; it holds "
+                         f"{len(names)}{': ' + listed if names else ''}")  # fmt: skip
+    return names[0]
+
+
+def open_text(path: Path, errors: str = "strict") -> TextIO:
+    """Open a CSV file as text for reading, decompressing a gzip, bz2, xz or one-file zip
+    archive, and dropping the byte-order mark a UTF-8 file may start with (Excel's).
+
+    Args:
+        path: the file.
+        errors: how undecodable bytes are handled, as in ``open``.
+    """
+    kind = compression(path)
+    text = {"newline": "", "encoding": "utf-8-sig", "errors": errors}
+    if kind is None:
+        return path.open(**text)
+    if kind == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:  # the open member keeps the file open
+            member = archive.open(zip_member(path))
+        return io.TextIOWrapper(member, **text)
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}[kind]
+    return opener(path, "rt", **text)
+
+
+# What a damaged or cut-short compressed file raises while it is read.
+DECOMPRESS_ERRORS = (EOFError, OSError)
+
+
+def decompress_failure(path: Path, exc: BaseException) -> NnopsError:
+    """The error to raise for ``exc`` (one of ``DECOMPRESS_ERRORS``) while reading ``path``: a
+    damaged or cut-short archive is named as one; from a plain file, ``exc`` itself is raised.
+
+    Args:
+        path: the file being read.
+        exc: what reading it raised.
+    """
+    if compression(path) is None:
+        raise exc
+    return NnopsError(f"{path}: cannot decompress it ({exc or type(exc).__name__}); the "
+                      "archive is damaged or cut short")  # fmt: skip
 
 
 def csv_columns(path: Path) -> tuple[list[str], str]:
@@ -55,12 +141,14 @@ def csv_header(path: Path, sep: str = ",") -> list[str]:
     import csv
 
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:  # without a BOM (Excel's)
+        with open_text(path) as fh:
             header = next(csv.reader(fh, delimiter=sep), None)
     except UnicodeDecodeError as exc:
         raise NnopsError(f"{path}: cannot parse as CSV ({exc})") from None
     except csv.Error as exc:
         raise NnopsError(f"{path}: cannot parse the header as CSV ({exc})") from None
+    except DECOMPRESS_ERRORS as exc:
+        raise decompress_failure(path, exc) from None
     if header is None:
         raise NnopsError(f"{path}: the file is empty")
     seen: set[str] = set()

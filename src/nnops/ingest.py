@@ -19,7 +19,13 @@ import numpy as np
 import pandas as pd
 
 from nnops.config import DataParams
-from nnops.csv_layout import NA_WORDS, csv_columns
+from nnops.csv_layout import (
+    DECOMPRESS_ERRORS,
+    NA_WORDS,
+    compression,
+    csv_columns,
+    decompress_failure,
+)
 from nnops.errors import NnopsError
 from nnops.fetch import input_file, source_file
 from nnops.io import load_npz
@@ -341,11 +347,14 @@ def read_csv(path: str | Path, label_column: str, exclude_columns: Sequence[str]
     # is empty, so that classes named "None", "NA" or "null" stay classes.
     na = {name: NA_WORDS for name in header if name != label_column} | {label_column: [""]}
     try:
-        table = pd.read_csv(path, low_memory=False, sep=sep, keep_default_na=False, na_values=na)
+        table = pd.read_csv(path, low_memory=False, sep=sep, keep_default_na=False, na_values=na,
+                            compression=compression(path))  # fmt: skip
     except pd.errors.EmptyDataError:
         raise NnopsError(f"{path}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise NnopsError(f"{path}: cannot parse as CSV ({exc})") from None
+    except DECOMPRESS_ERRORS as exc:
+        raise decompress_failure(path, exc) from None
     return from_table(table, label_column, exclude_columns, where=str(path))
 
 

@@ -139,14 +139,24 @@ def read_csv_rows(
 
     import pandas as pd
 
-    from nnops.csv_layout import csv_columns, delimiter
+    from nnops.csv_layout import (
+        DECOMPRESS_ERRORS,
+        compression,
+        csv_columns,
+        decompress_failure,
+        delimiter,
+        open_text,
+    )
 
     if header:
         columns, sep = csv_columns(path)
         columns = [strip_bom(columns[0]), *columns[1:]] if columns else columns
     else:
-        with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
-            first = next(csv.reader(fh), None)
+        try:
+            with open_text(path, errors="replace") as fh:
+                first = next(csv.reader(fh), None)
+        except DECOMPRESS_ERRORS as exc:
+            raise decompress_failure(path, exc) from None
         if first is None:
             raise NnopsError(f"{path}: the file is empty")
         sep = delimiter(first)
@@ -173,6 +183,7 @@ def read_csv_rows(
             dtype=str,
             keep_default_na=False,
             encoding="utf-8-sig",
+            compression=compression(path),
             chunksize=max(1, CHUNK_CELLS // max(1, len(columns))),
         )
         with reader:
@@ -180,7 +191,7 @@ def read_csv_rows(
                 if len(frame):
                     chunks.append(check_rows(frame[picked], None, None, str(path), row))
                     row += len(frame)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, *DECOMPRESS_ERRORS) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NnopsError(f"{path}: not a readable CSV ({first_line})") from None
     if not chunks:

@@ -83,12 +83,14 @@ def read_batch(
             names if x.shape[1] == len(names) else [f"column_{i + 1}" for i in range(x.shape[1])]
         )
         return Batch(pd.DataFrame(x, columns=columns, copy=False), str(path), "npz")
+    from nnops.csv_layout import DECOMPRESS_ERRORS, compression
+
     sep = _separator(path, header)
     try:
-        frame = pd.read_csv(
-            path, sep=sep, header=0 if header else None, dtype=str, keep_default_na=False
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        frame = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=str,
+                            keep_default_na=False, compression=compression(path))  # fmt: skip
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+            *DECOMPRESS_ERRORS) as exc:  # fmt: skip
         raise NnopsError(f"{path}: not a readable CSV ({exc})") from None
     if not header:
         names = profile["feature_names"]
@@ -110,14 +112,14 @@ def _separator(path: Path, header: bool) -> str:
     """
     import csv
 
-    from nnops.csv_layout import csv_columns, delimiter
+    from nnops.csv_layout import DECOMPRESS_ERRORS, csv_columns, delimiter, open_text
 
     if header:
         return csv_columns(path)[1]
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
+        with open_text(path) as fh:
             first = next(csv.reader(fh), None)
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except (UnicodeDecodeError, csv.Error, *DECOMPRESS_ERRORS) as exc:
         raise NnopsError(f"{path}: not a readable CSV ({exc})") from None
     return delimiter(first) if first else ","
 

@@ -577,3 +577,57 @@ def test_a_semicolon_or_tab_separated_csv_is_read(tmp_path: Path, sep: str):
     raw = ingest.read_csv(path, "target")
     assert raw.meta["feature_names"] == list(frame.columns[:-1])
     assert np.allclose(raw.frame[frame.columns[:-1]].to_numpy(), frame.iloc[:, :-1].to_numpy())
+
+
+def _compressed(path: Path, raw: bytes, kind: str) -> Path:
+    """Write ``raw`` to ``path`` compressed as ``kind`` (a zip holds it as one member)."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("wine.csv", raw)
+    else:
+        path.write_bytes({"gzip": gzip, "bz2": bz2, "xz": lzma}[kind].compress(raw))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bz2", "xz", "zip"])
+def test_a_compressed_csv_is_read_like_the_plain_one(tmp_path: Path, kind: str):
+    """Datasets often come as .csv.gz or a one-file zip: the first bytes decide, not the name
+    (a gzip named data.csv is still read), and a ';'-separated one keeps its separator."""
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame
+    plain = tmp_path / "wine.csv"
+    frame.to_csv(plain, index=False, sep=";")
+    expected = ingest.read_csv(plain, "target")
+    for name in (f"wine.{kind}", "named-plain.csv"):
+        raw = ingest.read_csv(_compressed(tmp_path / name, plain.read_bytes(), kind), "target")
+        assert raw.meta["feature_names"] == expected.meta["feature_names"]
+        assert raw.meta["n_rows"] == 178
+        pd.testing.assert_frame_equal(raw.frame, expected.frame)
+
+
+def test_a_cut_short_archive_or_a_zip_of_several_files_is_named(tmp_path: Path):
+    import gzip
+    import zipfile
+
+    text = b"a,b,label\n" + b"".join(b"%d,%d,%d\n" % (i, i * 7 % 13, i % 2) for i in range(5000))
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(text)[:2000])
+    with pytest.raises(NnopsError) as err:
+        ingest.read_csv(cut, "label")
+    assert str(err.value).startswith(f"{cut}: cannot decompress it (")
+    assert "the archive is damaged or cut short" in str(err.value)
+    two = tmp_path / "two.zip"
+    with zipfile.ZipFile(two, "w") as archive:
+        archive.writestr("train.csv", text)
+        archive.writestr("test.csv", text)
+    with pytest.raises(NnopsError) as err:
+        ingest.read_csv(two, "label")
+    assert str(err.value) == (
+        f"{two}: a zip archive must hold exactly one CSV file; it holds 2: train.csv, test.csv"
+    )

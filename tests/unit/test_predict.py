@@ -115,6 +115,21 @@ def test_a_semicolon_or_tab_separated_batch_is_scored_like_a_comma_one(
     assert (tmp_path / "semi.out.csv").read_text() == (tmp_path / "rows.out.csv").read_text()
 
 
+def test_a_gzipped_batch_is_scored_like_the_plain_one(tmp_path: Path, model_file: Path):
+    import gzip
+
+    (tmp_path / "rows.csv").write_text("a,b,c\n4,0,1\n0,4,1\n")
+    (tmp_path / "rows.csv.gz").write_bytes(gzip.compress((tmp_path / "rows.csv").read_bytes()))
+    (tmp_path / "bare.gz").write_bytes(gzip.compress(b"4,0,1\n0,4,1\n"))
+    for name in ("rows.csv", "rows.csv.gz"):
+        args = ["--model", str(model_file), "--input", str(tmp_path / name)]
+        assert main([*args, "--out", str(tmp_path / f"{name}.out")]) == 0
+    assert (tmp_path / "rows.csv.gz.out").read_text() == (tmp_path / "rows.csv.out").read_text()
+    from nnops.predict_input import read_rows
+
+    assert read_rows(tmp_path / "bare.gz", 3, header=False).tolist() == [[4, 0, 1], [0, 4, 1]]
+
+
 @pytest.mark.parametrize("sep", [",", ";"])
 def test_a_csv_with_a_utf8_bom_is_scored_like_one_without(
     tmp_path: Path, model_file: Path, sep: str

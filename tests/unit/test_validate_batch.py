@@ -129,6 +129,20 @@ def test_a_semicolon_or_tab_separated_batch_is_checked_like_a_comma_one(
     assert "FAILED drift: column petal length (cm)" in capsys.readouterr().err
 
 
+def test_a_gzipped_batch_is_checked_like_the_plain_one(tmp_path: Path, iris_case, capsys):
+    import gzip
+
+    profile, batch = iris_case
+    plain = tmp_path / "new.csv"
+    batch.to_csv(plain, index=False)
+    (tmp_path / "new.csv.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    assert batch_cli("--reference", str(profile), str(tmp_path / "new.csv.gz")) == 0
+    assert "new.csv.gz: passed (0 of 7 checks failed, 45 rows)" in capsys.readouterr().out
+    bare = batch.drop(columns=["target"]).to_csv(index=False, header=False).encode()
+    (tmp_path / "bare.gz").write_bytes(gzip.compress(bare))
+    assert batch_cli("--reference", str(profile), "--no-header", str(tmp_path / "bare.gz")) == 0
+
+
 def test_values_beyond_float32_range_fail_as_infinite(tmp_path: Path, iris_case, capsys):
     """A batch cell of 1e40 becomes inf once cast to float32 for the model: counted as infinite."""
     profile, batch = iris_case
