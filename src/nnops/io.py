@@ -55,7 +55,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def require_writable(folders: list[Path], what: str) -> None:
+def require_writable(folders: list[Path], what: str, who: str = "this stage") -> None:
     """Fail before any work if a folder cannot be created or written into.
 
     Each folder is created if missing and a file is created in it and removed, so a read-only
@@ -65,6 +65,7 @@ def require_writable(folders: list[Path], what: str) -> None:
     Args:
         folders: the folders the stage will write into.
         what: what the stage writes there, for the message.
+        who: the stage or command, for the message.
     """
     for folder in folders:
         try:
@@ -73,7 +74,7 @@ def require_writable(folders: list[Path], what: str) -> None:
                 pass
         except OSError as exc:
             raise NnopsError(
-                f"{folder}: cannot write there ({exc.strerror or exc}); this stage writes "
+                f"{folder}: cannot write there ({exc.strerror or exc}); {who} writes "
                 f"{what} there. Fix its permissions or free space and rerun: nothing has run yet"
             ) from None
 

@@ -222,13 +222,21 @@ def predict_file(
         reference: a training profile to check the batch against first (:func:`check_reference`).
         refuse_drift: refuse a drifted batch instead of warning.
     """
-    from nnops.io import atomic_path, read_json
+    from nnops import catalog
+    from nnops.io import atomic_path, read_json, require_writable
 
     out = Path(out_path)
     if out.is_dir():
         raise NnopsError(f"{out}: is a directory; --out takes the predictions CSV file to write")
     if out.parent.exists() and not out.parent.is_dir():
         raise NnopsError(f"{out}: {out.parent} is not a directory")
+    if out.exists() and Path(input_path).exists() and os.path.samefile(out, input_path):
+        raise NnopsError(f"{out}: --out is the input file; write the predictions to another file")
+    require_writable([out.parent], "the predictions (--out)", who="nnops predict")
+    if meta_path is None and Path(model_ref).resolve() == catalog.MODEL.resolve():
+        # the workspace's model goes with the workspace's processed data: its class names
+        default = catalog.PROCESSED_DIR / catalog.PROCESSED_META
+        meta_path = default if default.is_file() else None
     model = load_model(model_ref, tracking_uri)
     names = (
         check_reference(input_path, reference, key, header, refuse_drift, model.feature_names)
@@ -265,7 +273,8 @@ def parser(prog: str = "nnops predict") -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="a CSV of raw feature columns, or an npz file")
     p.add_argument("--out", required=True, help="the predictions CSV to write")
-    p.add_argument("--meta", help="meta.json with class_names/feature_names (data/processed)")
+    p.add_argument("--meta", help="meta.json with class_names/feature_names (default for "
+                   "models/model.keras: data/processed/meta.json)")  # fmt: skip
     p.add_argument("--key", default="x_raw", help="array name inside an npz (default: x_raw)")
     p.add_argument("--no-header", action="store_true", help="the CSV has no header line")
     p.add_argument(
@@ -348,6 +357,13 @@ def main(argv: list[str] | None = None, prog: str = "nnops-predict") -> int:
         )  # fmt: skip
     except (NnopsError, ConfigError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write refused midway (a full disk): one line, not a traceback
+        from nnops.stage import UNWRITABLE
+
+        if exc.errno not in UNWRITABLE:
+            raise
+        print(f"{prog}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     counts = table["predicted"].value_counts().to_dict()
     print(f"{prog}: {len(table)} rows -> {args.out} ({counts})")

@@ -24,8 +24,9 @@ def check_rows(
 ) -> np.ndarray:
     """Turn a table of text cells into a float32 matrix, naming the column and row of a bad cell.
 
-    When ``feature_names`` are known and all present in the header, those columns are taken in
-    that order (extra columns such as ``label`` are ignored); otherwise every column is a feature.
+    When ``feature_names`` are known, those columns are taken in that order (extra columns such
+    as ``label`` are ignored) and a missing one is refused (:func:`pick_columns`); otherwise
+    every column is a feature, in the file's order.
 
     Args:
         frame: a pandas DataFrame of strings, as read from the input file.
@@ -37,9 +38,9 @@ def check_rows(
     import pandas as pd
 
     columns = [str(c) for c in frame.columns]
-    if feature_names and set(feature_names) <= set(columns):
-        frame = frame[list(feature_names)]
-        columns = list(feature_names)
+    if feature_names:
+        columns = pick_columns(columns, feature_names, source)
+        frame = frame[columns]
     if n_features is not None and len(columns) != n_features:
         hint = f" (expected columns: {', '.join(feature_names[:5])}, ...)" if feature_names else ""
         raise NnopsError(
@@ -63,6 +64,37 @@ def check_rows(
             )
         out[:, j] = values.to_numpy(np.float32)
     return out
+
+
+def pick_columns(header: Sequence[str], feature_names: Sequence[str], source: str) -> list[str]:
+    """The model's feature columns, in the model's order, from a header that names them all.
+
+    A header that lacks any of them is refused, naming what is missing and what the file has
+    instead: scoring columns by position would give a wrong answer without a word.
+
+    Args:
+        header: the file's column names.
+        feature_names: the columns the model takes, in order.
+        source: the input file name, for messages.
+    """
+    present = set(header)
+    missing = [name for name in feature_names if name not in present]
+    if not missing:
+        return list(feature_names)
+    expected = set(feature_names)
+    others = [name for name in header if name not in expected]
+
+    def listed(names: Sequence[str]) -> str:
+        return ", ".join(map(repr, names[:6])) + (
+            f", ... ({len(names)} in all)" if len(names) > 6 else ""
+        )
+
+    instead = f"; it has {listed(others)} instead" if others else ""
+    raise NnopsError(
+        f"{source}: the header lacks {len(missing)} of the model's {len(feature_names)} feature "
+        f"columns: {listed(missing)}{instead}. The model picks its columns by name (any order; "
+        f"extra columns are ignored): rename the columns, or score with a model of this data"
+    )
 
 
 def read_rows(
@@ -163,7 +195,7 @@ def read_csv_rows(
         width = len(first) if sep == "," else len(first[0].split(sep))
         columns = [f"column_{i + 1}" for i in range(width)]
     picked = (
-        list(feature_names) if feature_names and set(feature_names) <= set(columns) else columns
+        pick_columns(columns, feature_names, str(path)) if header and feature_names else columns
     )
     if n_features is not None and len(picked) != n_features:
         hint = f" (expected columns: {', '.join(feature_names[:5])}, ...)" if feature_names else ""

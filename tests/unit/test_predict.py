@@ -406,3 +406,107 @@ def test_csv_prediction_memory_stays_within_a_few_times_the_file_size(tmp_path: 
     ratio, rows = proc.stdout.split()
     assert int(rows) == 200_000
     assert float(ratio) < 3.0, f"peak memory grew by {float(ratio):.1f}x the file size"
+
+
+def test_a_model_with_recorded_columns_refuses_a_header_that_lacks_one(
+    tmp_path: Path, model_file: Path, mlflow_store: str, capsys
+):
+    """Outside a project (no training profile), a header without the model's own names used to
+    be scored by position: wrong predictions, exit 0. Reordered columns are still fine."""
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(mlflow_store)
+    try:
+        client = mlflow.MlflowClient(mlflow_store)
+        exp = client.create_experiment("p", artifact_location=(tmp_path / "art").as_uri())
+        model = keras.saving.load_model(model_file, safe_mode=True)
+        x = np.array([[4, 0, 1], [0, 4, 1]], dtype=np.float32)
+        with mlflow.start_run(experiment_id=exp):
+            info = mlflow.keras.log_model(
+                model, name="model", signature=infer_signature(x, model.predict(x, verbose=0)),
+                pip_requirements=["keras"], metadata={"feature_names": ["f1", "f2", "f3"]},
+            )  # fmt: skip
+    finally:
+        mlflow.set_tracking_uri(None)
+    args = ["--model", info.model_uri, "--tracking-uri", mlflow_store, "--reference", "none"]
+
+    def score(text: str, *extra: str) -> int:
+        (tmp_path / "rows.csv").write_text(text)
+        return main([*args, *extra, "--input", str(tmp_path / "rows.csv"), "--out",
+                     str(tmp_path / "o.csv")])  # fmt: skip
+
+    assert score("f1,f2,f3\n4,0,1\n0,4,1\n") == 0
+    ordered = (tmp_path / "o.csv").read_text()
+    assert score("label,f3,f2,f1\nx,1,0,4\ny,1,4,0\n") == 0  # by name, extra columns ignored
+    assert (tmp_path / "o.csv").read_text() == ordered
+    capsys.readouterr()
+    assert score("f3,f2,F1\n1,0,4\n1,4,0\n") == 2
+    err = capsys.readouterr().err
+    assert "rows.csv: the header lacks 1 of the model's 3 feature columns: 'f1'; it has 'F1' " in (
+        err
+    )
+    assert "The model picks its columns by name" in err
+    assert (tmp_path / "o.csv").read_text() == ordered  # the earlier output is untouched
+    assert score("a,b,c\n1,0,4\n") == 2
+    assert "lacks 3 of the model's 3 feature columns: 'f1', 'f2', 'f3'; it has 'a', 'b', 'c'" in (
+        capsys.readouterr().err
+    )
+    assert score("4,0,1\n0,4,1\n", "--no-header") == 0  # no header: the model's order, by position
+    assert (tmp_path / "o.csv").read_text() == ordered
+
+
+def test_out_must_not_be_the_input_and_its_folder_must_be_writable(
+    tmp_path: Path, model_file: Path, capsys
+):
+    import os
+    import shutil
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b,c\n4,0,1\n")
+    assert _predict(model_file, rows, rows) == 2
+    assert "rows.csv: --out is the input file; write the predictions to another file" in (
+        capsys.readouterr().err
+    )
+    assert rows.read_text() == "a,b,c\n4,0,1\n"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    as_root = os.geteuid() == 0
+    if as_root:
+        if shutil.which("chattr") is None:
+            pytest.fail("running as root needs chattr (e2fsprogs) to make a folder unwritable")
+        subprocess.run(["chattr", "+i", str(locked)], check=True)
+    else:
+        locked.chmod(0o500)
+    try:
+        assert _predict(model_file, rows, locked / "o.csv") == 2
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        locked.chmod(0o700)
+    err = capsys.readouterr().err
+    why = "Operation not permitted" if as_root else "Permission denied"
+    assert (
+        f"locked: cannot write there ({why}); nnops predict writes the predictions (--out)" in err
+    )
+    assert "Traceback" not in err
+
+
+def test_the_workspace_model_takes_its_class_names_from_the_processed_data(
+    tmp_path: Path, model_file: Path, monkeypatch, capsys
+):
+    import shutil
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(model_file, tmp_path / "models" / "model.keras")
+    (tmp_path / "data" / "processed").mkdir(parents=True)
+    meta = {"class_names": ["left", "right"], "feature_names": ["a", "b", "c"]}
+    (tmp_path / "data" / "processed" / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "rows.csv").write_text("c,b,a\n1,0,4\n1,4,0\n")
+    monkeypatch.chdir(tmp_path)
+    assert _predict(Path("models/model.keras"), Path("rows.csv"), Path("o.csv")) == 0
+    assert pd.read_csv("o.csv")["predicted"].tolist() == ["left", "right"]
+    shutil.copy(model_file, tmp_path / "elsewhere.keras")  # another model file: no default
+    assert _predict(Path("elsewhere.keras"), Path("rows.csv"), Path("o.csv")) == 0
+    assert pd.read_csv("o.csv")["predicted"].tolist() == [0, 1]
