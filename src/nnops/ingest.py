@@ -84,10 +84,8 @@ def encode_labels(labels: pd.Series, column: str) -> tuple[np.ndarray, list[str]
             f"(first in row {first + 1} after the header){cut}"
         )
     if pd.api.types.is_bool_dtype(labels):  # False, True: indices 0, 1 under their own names
-        codes = labels.astype(np.int64).to_numpy()
-        names = ["False", "True"]
-        present = sorted(set(codes.tolist()))
-        return np.searchsorted(present, codes).astype(np.int64), [names[i] for i in present]
+        classes, codes = np.unique(labels.to_numpy(dtype=bool), return_inverse=True)
+        return codes.astype(np.int64), list(label_names(pd.Series(classes)))
     if pd.api.types.is_numeric_dtype(labels):
         values = labels.to_numpy()
         if not np.all(np.isfinite(values)) or not np.all(np.mod(values, 1) == 0):
@@ -96,11 +94,29 @@ def encode_labels(labels: pd.Series, column: str) -> tuple[np.ndarray, list[str]
                 f"label column {column!r} holds {bad!r}; class labels must be integers or strings"
             )
         classes, codes = np.unique(values.astype(np.int64), return_inverse=True)
-        names = [str(int(c)) for c in classes]
     else:
         classes, codes = np.unique(_label_text(labels, column), return_inverse=True)
-        names = [str(c) for c in classes]
-    return codes.astype(np.int64), names
+    return codes.astype(np.int64), list(label_names(pd.Series(classes)))
+
+
+def label_names(labels: pd.Series) -> pd.Series:
+    """Each label as the class name ingest gives it: ``1.0`` -> ``'1'``, ``True`` -> ``'True'``,
+    ``'Adelie '`` -> ``'Adelie'``; a number that is not whole keeps its text (it names no class).
+
+    The training classes (:func:`encode_labels`) and a batch's labels (``nnops validate-batch``)
+    are named by this one function, so the two cannot drift apart.
+
+    Args:
+        labels: label values as pandas reads them from a CSV, none missing.
+    """
+    if pd.api.types.is_bool_dtype(labels) or not pd.api.types.is_numeric_dtype(labels):
+        return labels.astype(str).str.strip()
+    values = labels.to_numpy()
+    with np.errstate(invalid="ignore"):  # inf and nan are not whole
+        whole = np.isfinite(values) & (np.mod(values, 1) == 0)
+    names = labels.astype(str).to_numpy(dtype=object)
+    names[whole] = values[whole].astype(np.int64).astype(str)
+    return pd.Series(names, index=labels.index, dtype=object)
 
 
 def _label_text(labels: pd.Series, column: str) -> np.ndarray:
@@ -111,7 +127,7 @@ def _label_text(labels: pd.Series, column: str) -> np.ndarray:
     which would train as two.
     """
     raw = labels.astype(str)
-    text = raw.str.strip()
+    text = label_names(labels)
     changed = int((text != raw).sum())
     if changed:
         first = int(np.flatnonzero((text != raw).to_numpy())[0])

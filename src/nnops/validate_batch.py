@@ -247,14 +247,13 @@ def check_batch(
         )  # fmt: skip
     label = profile.get("label_column") or "label"
     if label in frame.columns:
-        known = {str(c) for c in profile["class_names"]} | {
-            str(i) for i in range(len(profile["class_names"]))
-        }
-        seen = pd.Series(frame[label].astype(str).unique())
-        unknown = sorted(set(seen) - known)
+        unknown = unseen_labels(frame[label], profile["class_names"])
+        shown = ", ".join(map(repr, unknown[:5]))
+        observed = f"[{shown}, ...] ({len(unknown)} unseen labels)" if len(unknown) > 5 else None
         entries.append(
             _entry("label_set", not unknown, "labels are known classes", label,
-                   unknown[:5] or "all known", f"{len(profile['class_names'])} training classes")
+                   observed or unknown or "all known",
+                   f"{len(profile['class_names'])} training classes")
         )  # fmt: skip
     drift = batch_drift(numbers, profile, params)
     report["drift"] = drift
@@ -275,6 +274,39 @@ def check_batch(
         )
     )  # fmt: skip
     return _finish(report)
+
+
+def unseen_labels(cells: pd.Series, class_names: list[str]) -> list[str]:
+    """The batch's label cells (as read, sorted) that name no training class.
+
+    The cells are read as ingest reads the training labels: typed by pandas' CSV parser as one
+    column (``1.0`` is a number in a column of numbers), then named by
+    :func:`nnops.ingest.label_names` (``1.0`` -> ``'1'``, ``'Adelie '`` -> ``'Adelie'``). A cell
+    also names a class by its own stripped text, so that a batch holding only the number-like
+    classes of a text column (``'07'`` beside ``'x'`` in training) is not read as numbers. A
+    class's index ``0..k-1`` is known too; a blank cell never is.
+
+    Args:
+        cells: the batch's label column, cells as read.
+        class_names: the training classes from the profile.
+    """
+    import csv
+    import io
+
+    from nnops.ingest import label_names
+
+    known = {str(c) for c in class_names} | {str(i) for i in range(len(class_names))}
+    distinct = pd.Series(pd.unique(cells.astype(str).to_numpy()), dtype=object)
+    own = label_names(distinct)
+    blank = (own == "").to_numpy()
+    ok = np.zeros(len(distinct), dtype=bool)
+    if not blank.all():
+        # the cells as a one-column CSV (every field quoted, so none is split or lost), read back
+        # with ingest's option for the label column: no word but an empty cell is missing
+        text = distinct[~blank].to_csv(index=False, header=False, quoting=csv.QUOTE_ALL)
+        typed = pd.read_csv(io.StringIO(text), header=None, keep_default_na=False)[0]
+        ok[~blank] = label_names(typed).isin(known).to_numpy() | own[~blank].isin(known).to_numpy()
+    return sorted(distinct[~ok])
 
 
 def batch_drift(numbers: np.ndarray, profile: dict[str, Any], params: Any) -> dict[str, Any]:
@@ -363,16 +395,27 @@ def main(argv: list[str] | None = None, prog: str = "nnops validate-batch") -> i
         profile = load_profile(args.reference)
         batch = read_batch(args.batch, profile, args.key, header=not args.no_header)
         report = check_batch(batch, profile, reference=args.reference)
-        out = Path(args.report or f"{args.batch}.validation.html")
-        write_text(out, render_html(report, title="Batch validation"))
     except NnopsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    out = Path(args.report or f"{args.batch}.validation.html")
+    try:
+        write_text(out, render_html(report, title="Batch validation"))
+        unwritten = None
+    except OSError as exc:  # a read-only folder, a full disk: the verdict still stands
+        unwritten = (
+            f"{out}: cannot write the report ({exc.strerror or exc}); "
+            "write it elsewhere with --report PATH"
+        )
     for line in failure_lines(report):
         print(f"{prog}: {line}", file=sys.stderr)
     verdict = "passed" if report["success"] else "FAILED"
     print(
         f"{prog}: {args.batch}: {verdict} ({report['n_failed']} of {report['n_expectations']} "
-        f"checks failed, {report['n_rows']} rows); report {out}"
+        f"checks failed, {report['n_rows']} rows); "
+        + (f"report {out}" if unwritten is None else "no report written")
     )
+    if unwritten is not None:
+        print(f"{prog}: error: {unwritten}", file=sys.stderr)
+        return 2
     return 0 if report["success"] else 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +158,131 @@ def test_values_beyond_float32_range_fail_as_infinite(tmp_path: Path, iris_case,
     assert "column sepal width (cm): observed 2, bound 0" in line
     assert "no feature value is infinite, or beyond float32's range" in line
     assert "sepal width (cm) (2 beyond float32's range, up to 1e+40)" in line, line
+
+
+def ingested_csv(table: pd.DataFrame, path: Path) -> Path:
+    """``table`` written to ``path`` and ingested from that file as the csv source reads it, with
+    the validate stage's profile beside it: (profile, csv)."""
+    from nnops.ingest import read_csv
+
+    table.to_csv(path, index=False)
+    return write_profile(read_csv(path, "target"), path.with_suffix(".profile.json"), "target")
+
+
+def label_set(profile: Path, batch: Path) -> dict:
+    """The label check of ``batch`` against ``profile``."""
+    ref = validate_batch.load_profile(profile)
+    report = validate_batch.check_batch(validate_batch.read_batch(batch, ref), ref)
+    return next(e for e in report["expectations"] if e["name"] == "label_set")
+
+
+def float_labels(names: pd.Series) -> pd.Series:
+    return pd.Series(pd.factorize(names)[0].astype(float))  # 0.0, 1.0, 2.0 -> classes 0, 1, 2
+
+
+def padded_labels(names: pd.Series) -> pd.Series:
+    return names + " "  # 'setosa ' -> setosa, with a warning
+
+
+@pytest.mark.parametrize(
+    ("labels", "unseen"), [(float_labels, 7.0), (padded_labels, "rose ")], ids=["float", "padded"]
+)
+def test_the_training_csv_passes_when_ingest_normalised_its_labels(
+    tmp_path: Path, capsys, labels, unseen
+):
+    """A batch's labels are normalised as ingest normalises the training labels, so the training
+    file itself passes; a label no class has still fails."""
+    table = iris()[1]
+    table["target"] = labels(table["target"])
+    train = tmp_path / "train.csv"
+    profile = ingested_csv(table, train)
+    assert batch_cli("--reference", str(profile), str(train)) == 0
+    assert "train.csv: passed (0 of 7 checks failed, 150 rows)" in capsys.readouterr().out
+    table.iloc[:50].to_csv(tmp_path / "one.csv", index=False)  # one class (drifts: not checked)
+    assert label_set(profile, tmp_path / "one.csv")["success"]
+    table.loc[3, "target"] = unseen
+    table.to_csv(tmp_path / "new.csv", index=False)
+    assert batch_cli("--reference", str(profile), str(tmp_path / "new.csv")) == 2
+    assert f"FAILED label_set: column target: observed [{str(unseen)!r}]" in capsys.readouterr().err
+
+
+def test_text_classes_that_look_like_numbers_are_known_in_a_batch_of_only_those(tmp_path: Path):
+    """'07 ' beside 'x' is the class '07' to ingest; in a batch of '07 ' and '5.0 ' alone pandas
+    reads numbers, yet they are the classes '07' and '5.0', not 7 and 5."""
+    table = iris()[1]
+    names = {"setosa": "07 ", "versicolor": "5.0 ", "virginica": "x"}
+    table["target"] = table["target"].map(names)
+    profile = ingested_csv(table, tmp_path / "train.csv")
+    assert json.loads(profile.read_text())["class_names"] == ["07", "5.0", "x"]
+    table.iloc[:100].to_csv(tmp_path / "numbers.csv", index=False)
+    assert label_set(profile, tmp_path / "numbers.csv")["success"]
+    assert batch_cli("--reference", str(profile), str(tmp_path / "train.csv")) == 0
+
+
+def test_many_unseen_labels_are_cut_with_their_count(tmp_path: Path, iris_case, capsys):
+    profile, batch = iris_case
+    bad = batch.copy()
+    bad.loc[:6, "target"] = [f"rose{i}" for i in range(7)]
+    bad.to_csv(tmp_path / "new.csv", index=False)
+    assert batch_cli("--reference", str(profile), str(tmp_path / "new.csv")) == 2
+    assert (
+        "FAILED label_set: column target: observed ['rose0', 'rose1', 'rose2', 'rose3', 'rose4', "
+        "...] (7 unseen labels), bound 3 training classes"
+    ) in capsys.readouterr().err
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[str]:
+    """``folder`` made unwritable, yielding the reason a write there gives: chmod for a user, an
+    immutable folder (chattr +i) for root, whom permissions do not stop."""
+    import os
+    import shutil
+    import subprocess
+
+    as_root = os.geteuid() == 0
+    if as_root:
+        if shutil.which("chattr") is None:
+            pytest.fail("running as root needs chattr (e2fsprogs) to make a folder unwritable")
+        made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+        if made.returncode != 0:  # tmpfs and some overlays have no immutable flag
+            pytest.skip(f"chattr +i is not supported here: {made.stderr.decode().strip()}")
+    else:
+        folder.chmod(0o500)
+    try:
+        yield "Operation not permitted" if as_root else "Permission denied"
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o700)
+
+
+def test_a_batch_in_a_read_only_folder_keeps_its_verdict(tmp_path: Path, iris_case, capsys):
+    """The report beside the batch cannot be written: the verdict is printed, then one line naming
+    the report, the reason and --report; exit 2 even for a clean batch."""
+    profile, batch = iris_case
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    batch.to_csv(folder / "new.csv", index=False)
+    with read_only(folder) as why:
+        code = batch_cli("--reference", str(profile), str(folder / "new.csv"))
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out.strip().splitlines() == [
+        f"nnops validate-batch: {folder / 'new.csv'}: passed (0 of 7 checks failed, 45 rows); "
+        "no report written"
+    ]
+    assert captured.err.strip().splitlines() == [
+        f"nnops validate-batch: error: {folder / 'new.csv.validation.html'}: cannot write the "
+        f"report ({why}); write it elsewhere with --report PATH"
+    ]
+    assert sorted(p.name for p in folder.iterdir()) == ["new.csv"]
+    report = tmp_path / "report.html"
+    assert (
+        batch_cli("--reference", str(profile), "--report", str(report), str(folder / "new.csv"))
+        == 0
+    )
+    assert "Batch validation: PASSED" in report.read_text()
 
 
 def test_missing_profile_is_a_one_line_error(tmp_path: Path, capsys):
