@@ -1,8 +1,10 @@
 """The training backup's lifecycle: keep the one that matches, clear the rest, empty on success.
 
-The backup folder (``models/backup``, a persistent DVC output) holds what ``callbacks.Backup``
-writes each epoch, plus ``state.json``: the fingerprint of the params and data it belongs to and
-the MLflow run an interrupted execution started.
+The backup folder (``models/backup``) holds what ``callbacks.Backup`` writes each epoch, plus
+``state.json``: the fingerprint of the params and data it belongs to and the MLflow run an
+interrupted execution started. It is not a DVC output (git ignores it): DVC neither deletes it
+before train reruns nor records it in dvc.lock, so a clone that pulled the outputs, or a
+``dvc checkout`` after ``rm -rf models``, is up to date without it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from nnops.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-EMPTY_MARK = "EMPTY"  # keeps the cleared backup folder a non-empty DVC output
+EMPTY_MARK = "EMPTY"  # what an older nnops left in a cleared backup folder (a DVC output then)
 STATE_JSON = "state.json"
 
 
@@ -74,7 +76,7 @@ def remember_run(folder: Path, state: Mapping[str, Any], run_id: str) -> None:
 
 
 def clear_backup(folder: str | Path) -> None:
-    """Empty the backup folder after a successful run (the empty folder stays: a DVC output).
+    """Remove the backup folder after a successful run: there is nothing left to resume.
 
     Args:
         folder: the backup folder.
@@ -82,5 +84,3 @@ def clear_backup(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / EMPTY_MARK).write_text("No interrupted training to resume.\n", encoding="utf-8")
