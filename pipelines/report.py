@@ -27,7 +27,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     write_text(html, report.html)
     write_text(md, report.markdown)
     log.info("wrote %s and %s", html, md)
-    rp.log_report(info, out, paths["explain"], timeout_s)
+    rp.log_report(info, out, paths["explain"], paths["validation"], timeout_s)
 
 
 INPUTS = {  # what the earlier stages wrote, by flag

@@ -18,15 +18,12 @@ def main(args: argparse.Namespace, params: Params) -> None:
     distribute.import_tensorflow()
     from nnops import train
 
-    train.train_stage(params, uri, args.data, args.validation, args.out, args.reports)
+    train.train_stage(params, uri, args.data, args.out, args.reports)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default=str(catalog.PROCESSED_DIR), help="preprocess's output")
-    parser.add_argument(
-        "--validation", default=str(catalog.VALIDATION_DIR), help="validate's reports"
-    )
     parser.add_argument("--out", default=str(catalog.MODELS_DIR), help="model, run.json, backup")
     parser.add_argument(
         "--reports", default=str(catalog.TRAIN_REPORTS), help="history.csv and summary.json"

@@ -338,23 +338,27 @@ def stage_lineage(root: Path, info: Any, timeout_s: float) -> dict[str, Any]:
     }
 
 
-def log_report(info: Any, out: Path, explain: Path, timeout_s: float) -> None:
-    """Attach ``report.html``/``report.md`` and explain's folder to the training run.
+def log_report(info: Any, out: Path, explain: Path, validation: Path, timeout_s: float) -> None:
+    """Attach ``report.html``/``report.md``, explain's folder and validate's ``validation.json``
+    to the training run (train does not depend on validate's report, so it is logged here).
 
     Args:
         info: ``models/run.json`` (a ``nnops.tracking.RunInfo``).
         out: the folder holding the report files.
         explain: ``reports/explain``.
+        validation: ``reports/validation``.
         timeout_s: how long to wait for a tracking server.
     """
     import mlflow
 
-    from nnops.catalog import REPORT_HTML, REPORT_MD
+    from nnops.catalog import REPORT_HTML, REPORT_MD, VALIDATION_JSON
     from nnops.tracking import resume_run
 
     with resume_run(info, timeout_s) as run:
         for name in (REPORT_HTML.name, REPORT_MD.name):
             mlflow.log_artifact(str(out / name), artifact_path="report")
+        if (validation / VALIDATION_JSON).is_file():
+            mlflow.log_artifact(str(validation / VALIDATION_JSON), artifact_path="validation")
         if explain.is_dir():
             mlflow.log_artifacts(str(explain), artifact_path="explain")
         log.info("logged the report to MLflow run %s", run.info.run_id)

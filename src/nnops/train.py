@@ -299,7 +299,6 @@ def train_stage(
     params: Params,
     uri: str | None,
     data_dir: str | Path = catalog.PROCESSED_DIR,
-    validation_dir: str | Path = catalog.VALIDATION_DIR,
     models_dir: str | Path = catalog.MODELS_DIR,
     reports_dir: str | Path = catalog.TRAIN_REPORTS,
 ) -> TrainResult:
@@ -313,7 +312,6 @@ def train_stage(
         params: all params.
         uri: the tracking URI from ``tracking.connect`` (``None``: a worker that does not track).
         data_dir: the preprocess stage's output.
-        validation_dir: the validate stage's reports (logged with the run).
         models_dir: where the model, run.json and the backup go.
         reports_dir: where the history and summary go.
     """
@@ -342,8 +340,9 @@ def train_stage(
         write_history_csv(reports / catalog.HISTORY_CSV.name, result.history)
         write_json(reports / catalog.TRAIN_SUMMARY.name, stats)
         if run:
+            # validate's report is logged by the report stage: train does not depend on it,
+            # so a validate-only param change does not retrain
             files = {
-                "validation": [Path(validation_dir) / catalog.VALIDATION_JSON],
                 "train": [reports / catalog.HISTORY_CSV.name, reports / catalog.TRAIN_SUMMARY.name],
             }
             run_json = models / catalog.RUN_INFO.name

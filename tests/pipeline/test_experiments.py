@@ -78,6 +78,27 @@ def test_noop_repro_runs_nothing_and_evaluate_params_rerun_only_downstream(
     assert dvc("status", "--quiet", cwd=root, check=False).returncode == 0
 
 
+def test_a_validate_param_reruns_validation_and_the_report_but_never_training(
+    baseline: Path, tmp_path: Path
+) -> None:
+    """A drift threshold or a predict-time flag is no reason to retrain and register a model."""
+    import mlflow
+
+    root = _copy(baseline, tmp_path / "repo")
+    model = (root / "models/model.keras").read_bytes()
+    set_params(root, {"validate": {"drift_alpha": 0.03, "drift_refuse_predict": True}})
+    ran = set(_ran(dvc("repro", cwd=root)))
+    # preprocess rechecks the verdict and writes the same data, so nothing after it reruns
+    assert {"check_params", "validate", "preprocess", "report"} == ran, ran
+    assert (root / "models/model.keras").read_bytes() == model
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    [run_] = client.search_runs([client.get_experiment_by_name("nnops").experiment_id])
+    # the report logged the new validation record into the model's run
+    logged = client.download_artifacts(run_.info.run_id, "validation/validation.json", tmp_path)
+    assert Path(logged).read_text() == (root / "reports/validation/validation.json").read_text()
+    assert dvc("status", "--quiet", cwd=root, check=False).returncode == 0
+
+
 @pytest.mark.parametrize("stage", ["ingest", "validate", "preprocess", "report"])
 def test_stages_without_a_model_do_not_import_tensorflow(
     baseline: Path, tmp_path: Path, stage: str
