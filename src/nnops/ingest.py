@@ -321,6 +321,9 @@ def from_table(
         codes, names = encode_labels(table[label_column], label_column)
     except NnopsError as exc:
         raise NnopsError(f"{where}: {exc}") from None
+    if len(names) < 2:
+        raise NnopsError(f"{where}: label column {label_column!r} holds one class only "
+                         f"({names[0]!r}); a classifier needs at least two")  # fmt: skip
     frame[LABEL] = codes
     frame[ORIGIN] = "train"
     for column in exclude_columns:

@@ -46,7 +46,10 @@ def load_processed(folder: str | Path) -> tuple[TrainData, dict[str, Any], np.nd
     spec = read_json(folder / catalog.PREPROCESSING_JSON)
     n_classes = len(meta.get("class_names") or [])
     labels = np.concatenate([train["y"], val["y"]])
-    if n_classes < 2 or labels.min() < 0 or labels.max() >= n_classes:
+    if n_classes < 2:
+        raise NnopsError(f"{folder / catalog.PROCESSED_META}: {n_classes} class(es); a classifier "
+                         "needs at least two")  # fmt: skip
+    if labels.min() < 0 or labels.max() >= n_classes:
         raise NnopsError(
             f"{folder / catalog.PROCESSED_META}: class_names lists {n_classes} classes but labels "
             f"range {labels.min()}..{labels.max()}"

@@ -631,3 +631,16 @@ def test_a_cut_short_archive_or_a_zip_of_several_files_is_named(tmp_path: Path):
     assert str(err.value) == (
         f"{two}: a zip archive must hold exactly one CSV file; it holds 2: train.csv, test.csv"
     )
+
+
+def test_a_label_column_of_one_class_is_refused_at_ingest(tmp_path: Path):
+    """It used to pass ingest and stop in train with 'class_names lists 1 classes but labels
+    range 0..0', which states two facts and not the problem."""
+    path = tmp_path / "adelie.csv"
+    path.write_text("bill,flipper,species\n39.1,181,Adelie\n39.5,186,Adelie\n40.3,195,Adelie\n")
+    with pytest.raises(NnopsError) as err:
+        ingest.read_csv(path, "species")
+    assert str(err.value) == (
+        f"{path}: label column 'species' holds one class only ('Adelie'); a classifier needs at "
+        "least two"
+    )
