@@ -43,6 +43,9 @@ def compression(path: Path) -> str | None:
     """
     with path.open("rb") as fh:
         head = fh.read(6)
+    if head.startswith(b"PAR1"):
+        raise NnopsError(f"{path}: a parquet file, not a CSV; write it out as CSV "
+                         "(pandas: read_parquet(...).to_csv(..., index=False))")  # fmt: skip
     kind = next((name for magic, name in MAGIC if head.startswith(magic)), None)
     if kind == "zip":
         zip_member(path)
@@ -63,6 +66,9 @@ def zip_member(path: Path) -> str:
                      if not n.endswith("/") and not n.startswith("__MACOSX/")]  # fmt: skip
     except zipfile.BadZipFile as exc:
         raise NnopsError(f"{path}: a damaged zip archive ({exc})") from None
+    if "xl/workbook.xml" in names:
+        raise NnopsError(f"{path}: an Excel workbook, not a CSV; save the sheet as "
+                         "\"CSV UTF-8\" and point data.path at that file")  # fmt: skip
     if len(names) != 1:
         listed = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise NnopsError(f"{path}: a zip archive must hold exactly one CSV file; it holds "
@@ -94,6 +100,27 @@ def open_text(path: Path, errors: str = "strict") -> TextIO:
 
     opener = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}[kind]
     return opener(path, "rt", **text)
+
+
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> NnopsError:
+    """The error for a file that is not UTF-8 text (Excel on Windows saves cp1252): where the
+    first bad byte is (its line, for a plain file) and how to convert the file.
+
+    Args:
+        path: the file.
+        exc: the decoding error.
+    """
+    where = f"byte {exc.object[exc.start : exc.start + 1]!r}"
+    if compression(path) is None:
+        with path.open("rb") as fh:
+            for number, line in enumerate(fh, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    where = f"byte {line[bad.start : bad.start + 1]!r} on line {number}"
+                    break
+    return NnopsError(f"{path}: not UTF-8 text ({where}); save it as UTF-8, e.g. "
+                      f"`iconv -f cp1252 -t utf-8 {path.name} > utf8.csv`")  # fmt: skip
 
 
 # What a damaged or cut-short compressed file raises while it is read.
@@ -144,7 +171,7 @@ def csv_header(path: Path, sep: str = ",") -> list[str]:
         with open_text(path) as fh:
             header = next(csv.reader(fh, delimiter=sep), None)
     except UnicodeDecodeError as exc:
-        raise NnopsError(f"{path}: cannot parse as CSV ({exc})") from None
+        raise not_utf8(path, exc) from None
     except csv.Error as exc:
         raise NnopsError(f"{path}: cannot parse the header as CSV ({exc})") from None
     except DECOMPRESS_ERRORS as exc:
@@ -160,3 +187,25 @@ def csv_header(path: Path, sep: str = ",") -> list[str]:
             )
         seen.add(name)
     return header
+
+
+def read_table(path: Path, **options: object) -> object:
+    """``pandas.read_csv`` of the file, decompressed as its first bytes say, any failure one
+    line naming the file (empty, not UTF-8, unparsable, a damaged archive).
+
+    Args:
+        path: the CSV file.
+        options: keyword arguments for ``pandas.read_csv``.
+    """
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, compression=compression(path), **options)
+    except pd.errors.EmptyDataError:
+        raise NnopsError(f"{path}: the file is empty") from None
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, exc) from None
+    except pd.errors.ParserError as exc:
+        raise NnopsError(f"{path}: cannot parse as CSV ({exc})") from None
+    except DECOMPRESS_ERRORS as exc:
+        raise decompress_failure(path, exc) from None

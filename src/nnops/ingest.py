@@ -19,13 +19,7 @@ import numpy as np
 import pandas as pd
 
 from nnops.config import DataParams
-from nnops.csv_layout import (
-    DECOMPRESS_ERRORS,
-    NA_WORDS,
-    compression,
-    csv_columns,
-    decompress_failure,
-)
+from nnops.csv_layout import NA_WORDS, csv_columns, read_table
 from nnops.errors import NnopsError
 from nnops.fetch import input_file, source_file
 from nnops.io import load_npz
@@ -365,15 +359,7 @@ def read_csv(path: str | Path, label_column: str, exclude_columns: Sequence[str]
     # pandas' usual missing-value words for the features; a label is missing only when its cell
     # is empty, so that classes named "None", "NA" or "null" stay classes.
     na = {name: NA_WORDS for name in header if name != label_column} | {label_column: [""]}
-    try:
-        table = pd.read_csv(path, low_memory=False, sep=sep, keep_default_na=False, na_values=na,
-                            compression=compression(path))  # fmt: skip
-    except pd.errors.EmptyDataError:
-        raise NnopsError(f"{path}: the file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise NnopsError(f"{path}: cannot parse as CSV ({exc})") from None
-    except DECOMPRESS_ERRORS as exc:
-        raise decompress_failure(path, exc) from None
+    table = read_table(path, low_memory=False, sep=sep, keep_default_na=False, na_values=na)
     return from_table(table, label_column, exclude_columns, where=str(path))
 
 

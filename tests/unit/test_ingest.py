@@ -644,3 +644,28 @@ def test_a_label_column_of_one_class_is_refused_at_ingest(tmp_path: Path):
         f"{path}: label column 'species' holds one class only ('Adelie'); a classifier needs at "
         "least two"
     )
+
+
+def test_excel_parquet_and_non_utf8_files_say_what_they_are(tmp_path: Path):
+    """Before: a zip error for a workbook, 'utf-8 codec can't decode byte 0xe9 in position 142'
+    for a parquet file or a cp1252 export."""
+    frame = pd.DataFrame({"size": [1.0, 2.0, 3.0, 4.0], "kind": ["café", "thé", "café", "thé"]})
+    frame.to_parquet(tmp_path / "data.parquet")
+    with pytest.raises(NnopsError, match=r"data.parquet: a parquet file, not a CSV; write it out"):
+        ingest.read_csv(tmp_path / "data.parquet", "kind")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "book.xlsx", "w") as book:  # the parts an .xlsx holds
+        for part in ("[Content_Types].xml", "_rels/.rels", "xl/workbook.xml", "xl/sheet1.xml"):
+            book.writestr(part, "<xml/>")
+    with pytest.raises(NnopsError, match=r"book.xlsx: an Excel workbook, not a CSV; save the "):
+        ingest.read_csv(tmp_path / "book.xlsx", "kind")
+    frame.to_csv(tmp_path / "win.csv", index=False, encoding="cp1252")
+    with pytest.raises(NnopsError) as err:
+        ingest.read_csv(tmp_path / "win.csv", "kind")
+    assert str(err.value).startswith(
+        f"{tmp_path / 'win.csv'}: not UTF-8 text (byte b'\\xe9' on line 2); save it as UTF-8, e.g."
+    )
+    (tmp_path / "head.csv").write_bytes("caf\xe9,kind\n1,a\n2,b\n".encode("cp1252"))
+    with pytest.raises(NnopsError, match=r"head.csv: not UTF-8 text \(byte b'\\xe9' on line 1\)"):
+        ingest.read_csv(tmp_path / "head.csv", "kind")
