@@ -5,7 +5,9 @@ Each trial samples the space in ``tune.space`` (TPE, seeded), builds its ``train
 ``data/processed``, scored on the validation split (``load_processed`` never opens the test
 split). A Keras callback reports the metric every epoch so the pruner can stop weak trials. The
 study lives in an RDB (``optuna.db`` beside ``mlflow.db`` unless ``tune.storage`` names one), so a
-killed study resumes and several processes or machines share it. The run ends by writing
+killed study resumes and several processes or machines share it. A study tunes one dataset:
+it records the processed data's identity and refuses to go on on other data (``tune_data``),
+so no trial is ever compared with trials scored on other rows. The run ends by writing
 ``reports/tune/best_params.json`` and the ``dvc exp run -S ...`` command that trains the winner
 through the pipeline (``--apply`` runs it; its MLflow run is tagged with the study).
 """
@@ -137,6 +139,7 @@ def summarize(study: Any, setup: Setup, out: Path) -> dict[str, Any]:
         out: ``reports/tune``.
     """
     from nnops import tune_space
+    from nnops.tune_data import DATA_ATTR, TRIAL_HASH_ATTR
 
     counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
     for t in study.trials:
@@ -160,6 +163,8 @@ def summarize(study: Any, setup: Setup, out: Path) -> dict[str, Any]:
         "best_trial": best.number,
         "best_value": best.value,
         "best_mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+        "data_hash": best.user_attrs.get(TRIAL_HASH_ATTR),
+        "data": study.user_attrs.get(DATA_ATTR),
         "params": best.params,
         "train": tuned.model_dump(mode="json"),
         "overrides": sets,
@@ -172,16 +177,22 @@ def summarize(study: Any, setup: Setup, out: Path) -> dict[str, Any]:
 
 
 def begin(setup: Setup) -> tuple[Setup, int]:
-    """Open the study, clean up after dead processes and open the parent run.
+    """Check the study tunes this data, clean up after dead processes and open the parent run.
 
     Returns the settings with the parent run and the number of trials already in the study.
 
     Args:
         setup: the run's settings.
     """
+    from nnops.tune_data import check_study, read_identity
     from nnops.tune_tracking import open_parent
 
+    data = read_identity(setup.data_dir)
+    setup = replace(setup, data_hash=data["hash"])
     study = open_study(setup)
+    # Before anything else is touched: trials on other data are never mixed into the study.
+    with study_lock(setup.storage, setup.tune.study):
+        check_study(study, setup.tune.study, masked(setup.storage), data, setup.data_dir)
     killed = fail_dead_trials(study, setup.tracking_uri)
     if killed:
         log.info("marked %d trial(s) of killed processes failed", killed)
@@ -365,5 +376,12 @@ def main(argv: list[str] | None = None, prog: str = "nnops tune") -> int:
     print(f"best params -> {out / BEST_FILE}")
     print(f"apply with:\n  {summary['command']}")
     if args.apply:
+        from nnops.tune_data import check_best
+
+        try:
+            check_best(summary, setup.data_dir)
+        except NnopsError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
         return apply_best(out / BEST_FILE, summary["overrides"])
     return 0

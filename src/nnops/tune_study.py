@@ -37,6 +37,8 @@ class Setup:
     tracking_uri: str
     data_dir: str
     parent_run_id: str = ""
+    data_hash: str = ""
+    """The hash of ``data_dir``'s train and validation data (``tune_data.identity``)."""
 
 
 def storage_url(tune: TuneParams, root: Path) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from nnops.config import ConfigError, TrainParams
 from nnops.errors import NnopsError
+from nnops.tune_data import TRIAL_HASH_ATTR, identity
 from nnops.tune_study import Setup, open_study
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def run_trial(trial: Any, setup: Setup, data: Any, runtime: Any, parent: Any) ->
     run = TrialRun(parent, tune.study, trial.number)
     trial.set_user_attr("mlflow_run_id", run.run_id)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr(TRIAL_HASH_ATTR, setup.data_hash)  # what data this score is on
     values: dict[str, Any] = {}
     epochs, tags, metrics = 0, {}, {}
     try:
@@ -178,9 +180,16 @@ def work(setup: Setup, n_trials: int, worker: int, seed_offset: int) -> None:
     distribute.import_tensorflow()
     from nnops.train_data import check_preprocessing, load_processed
 
-    data, _, x_pre = load_processed(setup.data_dir)
+    data, meta, x_pre = load_processed(setup.data_dir)
     if data.x_val is None and not setup.tune.cv_folds:
         raise NnopsError(f"{setup.data_dir}/val.npz is empty: trials need a validation split")
+    val = None if data.x_val is None else (data.x_val, data.y_val)
+    found = identity((data.x_train, data.y_train), val, data.preprocessing, meta)
+    if found["hash"] != setup.data_hash:  # rewritten since the study's data was checked
+        raise NnopsError(
+            f"{setup.data_dir} changed since this nnops tune started (a preprocess run?); run "
+            "nnops tune again"
+        )
     check_preprocessing(data.preprocessing, data.x_train, x_pre, setup.data_dir)
     runtime = distribute.configure_runtime(setup.params.train)
     study = open_study(setup, seed_offset + 1000 * worker)

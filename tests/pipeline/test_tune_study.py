@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import BIN, dvc, make_project, project_env, run, set_params
@@ -189,3 +190,49 @@ def test_bad_input_is_one_line_and_exit_2(project: Path):
         and "study 's1'" in proc.stderr
         and "optimises val_accuracy" in proc.stderr
     )
+
+
+def _wine_csv(path: Path) -> None:
+    """scikit-learn's bundled wine as a user's CSV (13 columns, class names as labels)."""
+    from sklearn.datasets import load_wine
+
+    bunch = load_wine(as_frame=True)
+    table = bunch.frame.copy()
+    table["target"] = np.asarray(bunch.target_names)[bunch.target.to_numpy()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+
+
+def test_a_study_refuses_to_go_on_after_the_data_switched_to_another_dataset(project: Path):
+    tune(project, "--trials", "2")
+    before = _study(project)
+    assert {t.user_attrs["data_hash"] for t in before.trials} == {before.user_attrs["data"]["hash"]}
+    # The user points data.path at another dataset and reruns the data stages, as the tester did.
+    _wine_csv(project / "inputs/wine.csv")
+    set_params(project, {"data": {"source": "csv", "path": "inputs/wine.csv",
+                                  "label_column": "target"}})  # fmt: skip
+    dvc("repro", "preprocess", cwd=project)
+
+    proc = tune(project, "--trials", "1", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert error.startswith("nnops tune: error: study 'nnops-tune' (tune.study) in sqlite:///")
+    assert (
+        "was run on other data than data/processed holds now (source 'digits' -> 'csv', " in error
+    )
+    assert "feature columns 64 (px_0, px_1, px_2, px_3, ...) -> 13 (alcohol, " in error
+    assert "classes 10 (0, 1, 2, 3, ...) -> 3 (class_0, class_1, class_2)" in error
+    assert "--study NAME, or tune.study in params.yaml" in error and "delete-study" in error
+    assert "best trial" not in proc.stdout  # nothing reported, nothing to apply
+    assert len(_study(project).trials) == len(before.trials)  # no trial ran against them
+    assert len(_runs(project, "tags.`nnops.kind` = 'tune-study'")) == 1
+    assert _runs(project, "attributes.status = 'RUNNING'") == []
+
+    proc = tune(project, "--trials", "1", "--study", "wine")  # a new study tunes the new data
+    wine = _study(project, "wine")
+    assert "best trial 0:" in proc.stdout and wine.user_attrs["data"]["classes"] == [
+        "class_0", "class_1", "class_2"
+    ]  # fmt: skip
+    assert wine.user_attrs["data"]["hash"] != before.user_attrs["data"]["hash"]
+    best = json.loads((project / "reports/tune/best_params.json").read_text())
+    assert best["study"] == "wine" and best["data_hash"] == wine.user_attrs["data"]["hash"]

@@ -136,7 +136,33 @@ def test_trial_value_follows_the_weights_the_pipeline_keeps():
 # --- Real trials on tiny data -----------------------------------------------------------------
 
 
-def _setup(tmp_path: Path, uri: str, activation: str = "relu", **tune: object):
+def _table(name: str = "iris"):
+    """A bundled scikit-learn dataset as a user's table: named columns, class names as labels."""
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")(as_frame=True)
+    table = bunch.frame.copy()
+    table["target"] = np.asarray(bunch.target_names)[bunch.target.to_numpy()]
+    return table
+
+
+def _processed(folder: Path, table) -> Path:
+    """Write ``folder`` as the preprocess stage does, from the table as ingest reads it."""
+    from nnops import preprocess
+    from nnops.ingest import from_table
+
+    params = parse_params(_raw())
+    raw = from_table(table, "target")
+    arrays, spec = preprocess.make_splits(
+        raw.frame, raw.meta, params.split, params.preprocess.scaling
+    )
+    meta = preprocess.processed_meta(raw.meta, arrays, spec, [])
+    preprocess.write_processed(folder, arrays, spec, meta)
+    return folder
+
+
+def _setup(tmp_path: Path, uri: str, activation: str = "relu", data: Path | None = None,
+           **tune: object):  # fmt: skip
     from nnops.tracking import connect
     from nnops.tune import begin
     from nnops.tune_study import Setup
@@ -147,8 +173,10 @@ def _setup(tmp_path: Path, uri: str, activation: str = "relu", **tune: object):
         layer["activation"] = activation
     params = parse_params(raw)
     connect(params.mlflow.model_copy(update={"tracking_uri": uri}))
-    setup = Setup(params, params.tune, f"sqlite:///{tmp_path / 'optuna.db'}", uri, "unused")
-    return begin(setup)[0]
+    if data is None:
+        data = _processed(tmp_path / "processed", _table())
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    return begin(Setup(params, params.tune, storage, uri, str(data)))[0]
 
 
 def _data(nan: bool = False):
@@ -242,6 +270,129 @@ def test_cross_validation_scores_the_mean_over_folds(tmp_path: Path, mlflow_stor
     assert trial.value == pytest.approx(np.mean(folds))
     assert run.data.metrics["cv_std"] == pytest.approx(np.std(folds))
     assert trial.user_attrs["epochs"] == 9  # 3 folds x 3 epochs
+
+
+# --- A study tunes one dataset ---------------------------------------------------------------
+
+
+def _refusal(setup) -> str:
+    from nnops.errors import NnopsError
+    from nnops.tune import begin
+
+    with pytest.raises(NnopsError) as err:
+        begin(setup)
+    message = str(err.value)
+    assert "\n" not in message  # one line
+    return message
+
+
+def _parents(setup) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(setup.tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exps, "tags.`nnops.kind` = 'tune-study'")
+
+
+def test_a_study_refuses_to_go_on_on_another_dataset(tmp_path: Path, mlflow_store: str):
+    from nnops.errors import NnopsError
+    from nnops.train_data import load_processed
+    from nnops.tune import summarize
+    from nnops.tune_data import check_best
+
+    folder = _processed(tmp_path / "processed", _table("iris"))
+    setup = _setup(tmp_path, mlflow_store, data=folder)
+    study = _optimize(setup, load_processed(folder)[0], 1)
+    record = study.user_attrs["data"]
+    assert record["features"][0] == "sepal length (cm)" and record["label_column"] == "target"
+    assert record["classes"] == ["setosa", "versicolor", "virginica"]
+    assert sum(record["rows"].values()) < 150 and record["rows"]["val"] > 0  # no test rows
+    assert study.trials[0].user_attrs["data_hash"] == record["hash"] == setup.data_hash
+    summary = summarize(study, setup, tmp_path / "reports")
+    assert summary["data_hash"] == record["hash"] and summary["data"] == record
+    check_best(summary, folder)  # the data the best trial was scored on: applied
+
+    _processed(folder, _table())  # preprocess rerun on the same data: the study goes on
+    assert _setup(tmp_path, mlflow_store, data=folder).parent_run_id == setup.parent_run_id
+
+    _processed(folder, _table("wine"))  # the data switched to another dataset
+    message = _refusal(setup)
+    assert message.startswith(f"study 'nnops-tune' (tune.study) in {setup.storage} was run on "
+                              f"other data than {folder} holds now (feature columns 4 (sepal "
+                              "length (cm), sepal width (cm), petal length (cm), petal width "
+                              "(cm)) -> 13 (alcohol, malic_acid, ash, alcalinity_of_ash, ...), "
+                              "classes 3 (setosa, versicolor, virginica) -> 3 (class_0, "
+                              "class_1, class_2), train/val rows")  # fmt: skip
+    assert "--study NAME, or tune.study in params.yaml" in message
+    assert f"optuna delete-study --study-name nnops-tune --storage {setup.storage}" in message
+    assert len(study.trials) == 1 and len(_parents(setup)) == 1  # nothing added, no new run
+    with pytest.raises(NnopsError, match="best trial 0 of study 'nnops-tune' was scored on other"
+                       " data than .* holds now \\(feature columns 4"):  # fmt: skip
+        check_best(summary, folder)
+    with pytest.raises(NnopsError, match="has no record of the data it was scored on"):
+        check_best({**summary, "data_hash": None}, folder)
+
+    fresh = _setup(tmp_path, mlflow_store, data=folder, study="wine")  # a new study: new data
+    assert fresh.parent_run_id != setup.parent_run_id
+    assert fresh.data_hash != setup.data_hash == record["hash"]
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda t: t.iloc[:-30], "same columns and classes, train/val rows"),
+        (lambda t: t.assign(**{"sepal width (cm)": t["sepal width (cm)"] + 0.1}),
+         "(same columns, classes and row counts, other rows)"),
+        (lambda t: t[[*t.columns[::-1]]], "(the same feature columns in another order)"),
+    ],
+)  # fmt: skip
+def test_the_refusal_says_what_differs_in_the_same_columns(
+    tmp_path: Path, mlflow_store: str, change, said: str
+):
+    folder = _processed(tmp_path / "processed", _table())
+    setup = _setup(tmp_path, mlflow_store, data=folder)
+    _processed(folder, change(_table()))
+    assert said in _refusal(setup)
+
+
+def test_a_study_of_an_older_nnops_is_refused_unless_empty(tmp_path: Path, mlflow_store: str):
+    import optuna
+
+    from nnops.errors import NnopsError
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(storage=storage, study_name="nnops-tune")  # no data record
+    _setup(tmp_path, mlflow_store)  # empty: adopted, its data recorded from now on
+    assert optuna.load_study(study_name="nnops-tune", storage=storage).user_attrs["data"]
+    old = optuna.create_study(storage=storage, study_name="old")
+    old.add_trial(optuna.trial.create_trial(value=0.5))
+    with pytest.raises(NnopsError, match="study 'old' \\(tune.study\\) in .* holds 1 trial\\(s\\) "
+                       "from an nnops that did not record what data they ran on, so it cannot "
+                       "tell"):  # fmt: skip
+        _setup(tmp_path, mlflow_store, study="old")
+    assert "data" not in optuna.load_study(study_name="old", storage=storage).user_attrs
+
+
+def test_a_worker_refuses_data_rewritten_after_the_study_checked_it(
+    tmp_path: Path, mlflow_store: str
+):
+    from nnops.errors import NnopsError
+    from nnops.train_data import load_processed
+    from nnops.tune_data import identity
+    from nnops.tune_study import open_study
+    from nnops.tune_trial import work
+
+    folder = _processed(tmp_path / "processed", _table())
+    setup = _setup(tmp_path, mlflow_store, data=folder)
+    data, meta, _ = load_processed(folder)  # what a worker loads hashes as the check read it
+    val = (data.x_val, data.y_val)
+    assert identity((data.x_train, data.y_train), val, data.preprocessing, meta)["hash"] == (
+        setup.data_hash
+    )
+    _processed(folder, _table("wine"))  # a preprocess run between the check and the worker
+    with pytest.raises(NnopsError, match="processed changed since this nnops tune started"):
+        work(setup, 1, 0, 0)
+    assert open_study(setup).trials == []
 
 
 def test_the_report_has_a_tuning_section_only_with_content_when_a_study_chose_the_model():
