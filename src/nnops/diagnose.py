@@ -12,7 +12,8 @@ Evidence, in the order it is checked:
 3. Best epoch against the last: validation loss ended more than ``min_val_loss_rise`` above its
    best while training loss kept falling: it overfits (training went on past the useful point).
 
-Otherwise the fit is good.
+Otherwise the fit is good. On a small validation split the verdict says how little it rests on:
+its accuracy's 95% margin is named when it is wider than ``max_accuracy_gap``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,25 @@ ACTIONS: dict[Verdict, str] = {
         "relying on it."
     ),
 }
+
+
+# Overfitting whose validation loss was still at its best at the last epoch: stopping earlier
+# would not help.
+STILL_IMPROVING_ACTION = (
+    "Regularise: set dropout in train.hidden_layers or train.l2, or train on more data "
+    "(validation loss was at its best at the last epoch, so fewer epochs would not help)."
+)
+
+
+def accuracy_margin(accuracy: float, rows: int) -> float:
+    """The 95% margin of an accuracy measured on ``rows`` rows (normal approximation, at least
+    one row's worth, so that 4 rows at 100% are not read as certain).
+
+    Args:
+        accuracy: the measured accuracy.
+        rows: how many rows it was measured on.
+    """
+    return max(1.96 * math.sqrt(accuracy * (1 - accuracy) / rows), 1 / rows)
 
 
 # MLflow tags on the training run (``mlflow.search_runs(filter_string="tags.fit = 'good fit'")``).
@@ -94,6 +114,7 @@ class Diagnosis:
     reasons: tuple[str, ...]
     action: str
     thresholds: dict[str, float] = field(default_factory=dict)
+    val_accuracy_margin: float | None = None  # 95%, when the validation split's size is known
 
     def metrics(self) -> dict[str, Any]:
         """Return the flat ``fit`` block of ``reports/metrics.json`` (numbers plus the verdict)."""
@@ -104,6 +125,8 @@ class Diagnosis:
             "accuracy_gap": self.accuracy_gap,
             "loss_gap": self.loss_gap,
         }
+        if self.val_accuracy_margin is not None:
+            out["val_accuracy_margin"] = self.val_accuracy_margin
         if self.epochs is not None:
             out.update(
                 best_epoch=self.epochs.best_epoch,
@@ -189,6 +212,7 @@ def diagnose(
     history: Mapping[str, Sequence[float]] | None,
     thresholds: FitThresholds,
     model_epoch: int | None = None,
+    val_rows: int | None = None,
 ) -> Diagnosis:
     """Decide between underfitting, overfitting and a good fit.
 
@@ -198,6 +222,7 @@ def diagnose(
         history: per-epoch training history (``loss``, ``val_loss``), or None when unknown.
         thresholds: the ``evaluate.fit`` params.
         model_epoch: the epoch early stopping restored the weights of, if it did.
+        val_rows: the validation split's size, for the caveat on a small one.
     """
     for name, scores in (("train", train), ("val", val)):
         missing = [k for k in ("accuracy", "loss") if k not in scores]
@@ -245,6 +270,16 @@ def diagnose(
             f"training accuracy {train_acc:.4f} reaches the floor {t.min_train_accuracy}, and "
             "the gaps stay within evaluate.fit limits"
         ]
+    action = ACTIONS[verdict]
+    if verdict == OVERFITTING and epochs is not None and epochs.best_epoch == epochs.last_epoch:
+        action = STILL_IMPROVING_ACTION
+    margin = accuracy_margin(val_acc, val_rows) if val_rows else 0.0
+    if margin > t.max_accuracy_gap:
+        reasons = [*reasons, (
+            f"weak evidence: the validation split holds {val_rows} rows, so its accuracy is known "
+            f"only to +/-{margin:.3f} (95%), wider than evaluate.fit.max_accuracy_gap="
+            f"{t.max_accuracy_gap}; more validation rows (split.val_fraction, or more data) make "
+            "the verdict firmer")]  # fmt: skip
     return Diagnosis(
         verdict=verdict,
         train_accuracy=train_acc,
@@ -255,6 +290,7 @@ def diagnose(
         loss_gap=loss_gap,
         epochs=epochs,
         reasons=tuple(reasons),
-        action=ACTIONS[verdict],
+        action=action,
         thresholds=t.model_dump(),
+        val_accuracy_margin=margin if val_rows else None,
     )

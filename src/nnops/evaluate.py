@@ -153,6 +153,7 @@ def evaluate(
         inputs.history,
         thresholds,
         model_epoch=restored_epoch(inputs.summary),
+        val_rows=len(inputs.splits["val"][1]),
     )
     metrics = {s: scores[s].headline() for s in SPLITS} | {"fit": fit.metrics()}
     report = evaluation_report(scores, names, fit, curve)

@@ -193,3 +193,32 @@ def test_default_model_on_digits_is_a_good_fit(digits):
     d = train_and_diagnose(digits, section("train"))  # the project's defaults: 64-64, 20 epochs
     assert d.verdict == GOOD_FIT, d.summary()
     assert d.train_accuracy >= 0.9
+
+
+def test_a_small_validation_split_says_the_verdict_rests_on_little_evidence():
+    """42 validation rows (penguins): 0.95 is known only to about +/-0.066, wider than the
+    0.05 gap limit, so the verdict carries that caveat and metrics.json the margin."""
+    d = diagnose(scores(0.99, 0.05), scores(0.93, 0.20), None, T, val_rows=42)
+    assert d.verdict == OVERFITTING
+    assert d.reasons[-1].startswith(
+        "weak evidence: the validation split holds 42 rows, so its accuracy is known only to "
+        "+/-0.077 (95%), wider than evaluate.fit.max_accuracy_gap=0.05"
+    )
+    assert d.metrics()["val_accuracy_margin"] == pytest.approx(1.96 * (0.93 * 0.07 / 42) ** 0.5)
+    # 4 rows at 100%: no false certainty
+    assert diagnose(scores(1.0, 0.01), scores(1.0, 0.02), None, T, val_rows=4).metrics()[
+        "val_accuracy_margin"
+    ] == pytest.approx(0.25)
+    large = diagnose(scores(0.99, 0.05), scores(0.93, 0.20), None, T, val_rows=5000)
+    assert not any(r.startswith("weak evidence") for r in large.reasons)
+
+
+def test_overfitting_still_improving_at_the_last_epoch_is_not_told_to_stop_earlier():
+    history = {"loss": [0.9, 0.5, 0.2], "val_loss": [1.0, 0.7, 0.6]}
+    d = diagnose(scores(0.99, 0.05), scores(0.90, 0.60), history, T)
+    assert d.verdict == OVERFITTING and d.epochs.best_epoch == d.epochs.last_epoch == 3
+    assert "fewer epochs would not help" in d.action and "lower train.epochs" not in d.action
+    rising = {"loss": [0.9, 0.5, 0.2], "val_loss": [1.0, 0.5, 0.7]}
+    assert (
+        diagnose(scores(0.99, 0.05), scores(0.90, 0.60), rising, T).action == (ACTIONS[OVERFITTING])
+    )
