@@ -56,7 +56,8 @@ def champion_comparison(
                  "registration", champion.version)  # fmt: skip
         return out | {"accuracy": float(tags[TEST_ACCURACY_TAG])}
     uri = f"models:/{cand.name}@{CHAMPION}"
-    x = in_champion_order(x, cand, model_feature_names(f"models:/{cand.name}/{champion.version}"))
+    names = model_feature_names(champion.source or f"models:/{cand.name}/{champion.version}")
+    x = in_champion_order(x, cand, names)
     seen = read_seen(client, champion.run_id)
     if seen is None:
         log.warning("scoring champion version %s on all %d test rows: its run logged no "

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from nnops.errors import NnopsError
+from nnops.registry import MANUAL_TAG
 from nnops.secrets import redact_text
 
-MANUAL_TAG = "nnops.promoted_by_hand"
+__all__ = ["MANUAL_TAG", "main", "promote_by_hand"]
 
 
 def promote_by_hand(client: Any, name: str, version: str, reason: str) -> str | None:

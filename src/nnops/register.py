@@ -40,6 +40,7 @@ from nnops.registry import (
     column_signature,
     describe_task,
     mark_version,
+    new_lineage_reason,
     promote,
     record_rejection,
     same_task,
@@ -294,14 +295,7 @@ def _new_lineage(client: Any, cand: Candidate, current: Any) -> str | None:
     theirs = champion_task(client, cand.name, current)
     if same_task(cand.task, theirs):
         return None
-    what = (theirs or {}).get("description") or (
-        f"{(theirs or {}).get('n_features')} features, classes {(theirs or {}).get('class_names')}"
-    )
-    return (
-        f"champion version {current.version} was trained on another task ({what}); this model "
-        f"takes {describe_task(cand.task)}, so it is not compared with it and starts a new "
-        f"lineage under {cand.name!r} (set register.model_name to keep the two apart)"
-    )
+    return new_lineage_reason(cand.name, current, theirs or {}, cand.task)
 
 
 def decision_record(

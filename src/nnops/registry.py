@@ -27,6 +27,7 @@ TASK_TAG = TAG_PREFIX + "task"
 COLUMNS_TAG = TAG_PREFIX + "task_columns"
 """Like ``TASK_TAG`` but over the set of input columns: reordered columns are the same task."""
 DECISION_TAG = TAG_PREFIX + "decision"
+MANUAL_TAG = TAG_PREFIX + "promoted_by_hand"  # who made a version @champion with nnops promote
 """``pending`` from registration until the gate's record is complete, then ``promoted``,
 ``rejected`` or ``failed`` (the gate could not finish; rerun register to complete it)."""
 TEST_HASH_TAG = TAG_PREFIX + "test_data_hash"
@@ -355,6 +356,53 @@ def describe_task(task: Mapping[str, Any]) -> str:
     classes = task.get("class_names") or []
     cls = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
     return f"{task.get('n_features')} features ({shown}), {len(classes)} classes ({cls})"
+
+
+def _few(names: list[Any]) -> str:
+    return ", ".join(map(str, names[:4])) + (
+        f", ... ({len(names)} in all)" if len(names) > 4 else ""
+    )
+
+
+def new_lineage_reason(
+    name: str, champion: Any, theirs: Mapping[str, Any], task: Mapping[str, Any]
+) -> str:
+    """Why a candidate of ``task`` is not compared with ``champion`` (of the task ``theirs``):
+    the columns and classes that differ, and whether the champion was promoted by hand.
+
+    Args:
+        name: the registered model name.
+        champion: the champion's model version.
+        theirs: the champion's task (``champion_task``).
+        task: the candidate's task (``task_of``).
+    """
+    tags = dict(champion.tags or {})
+    what = theirs.get("description") or (
+        f"{theirs.get('n_features')} features, classes {theirs.get('class_names')}"
+    )
+    differs = []
+    # the version's own source URI: a name with quotes or spaces does not parse as models:/...
+    columns = model_feature_names(champion.source or f"models:/{name}/{champion.version}")
+    if columns is not None:
+        only_theirs = [c for c in columns if c not in task["feature_names"]]
+        only_mine = [c for c in task["feature_names"] if c not in columns]
+        if only_theirs or only_mine:
+            differs.append(f"columns only the champion takes: {_few(only_theirs) or 'none'}; only "
+                           f"this model takes: {_few(only_mine) or 'none'}")  # fmt: skip
+    classes = json.loads(tags.get(TAG_PREFIX + "class_names") or "null")
+    if classes is not None and sorted(map(str, classes)) != sorted(task["class_names"]):
+        differs.append(f"classes {_few(classes)} -> {_few(task['class_names'])}")
+    reason = (
+        f"champion version {champion.version} was trained on another task ({what}"
+        f"{'; ' + '; '.join(differs) if differs else ''}); this model takes {describe_task(task)}, "
+        f"so it is not compared with it and starts a new lineage under {name!r} (set "
+        "register.model_name to keep the two apart)"
+    )
+    if tags.get(MANUAL_TAG):
+        reason += (f"; note: version {champion.version} is @champion by hand "
+                   f"({tags.get(TAG_PREFIX + 'reason')}), and a model that passes the gate "
+                   "replaces it")  # fmt: skip
+    return reason
 
 
 def same_task(task: Mapping[str, Any], champion: Mapping[str, Any] | None) -> bool:

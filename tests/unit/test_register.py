@@ -159,7 +159,8 @@ def quoted_registry(tmp_path: Path, mlflow_store: str):
     for _ in range(2):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
         with mlflow.start_run(experiment_id=exp) as run:
-            info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
+            info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"],
+                                          metadata={"feature_names": ["f0", "f1"]})  # fmt: skip
         versions.append(rg.register_version(client, QUOTED, info.model_uri, run.info.run_id))
     yield client, versions
     mlflow.set_tracking_uri(None)
@@ -196,12 +197,24 @@ def test_a_champion_of_another_task_is_not_scored_and_a_new_lineage_starts(quote
     cand = reg.Candidate(QUOTED, "1", v1.run_id, METRICS, (x2, y2), ["x", "y"], task(2, ["x", "y"]))
     first = reg.decide(client, cand, P)
     assert first["promoted"] and first["new_lineage"] is None
+    # as `nnops promote 1 --reason rollback` leaves it
+    client.set_model_version_tag(QUOTED, "1", "nnops.promoted_by_hand", "ana")
+    client.set_model_version_tag(QUOTED, "1", "nnops.reason", "promoted by hand by ana: rollback")
     # The candidate takes 3 features: scoring the 2-input champion on its test rows would raise.
     x3, y = np.zeros((4, 3), dtype=np.float32), np.zeros(4, dtype=int)
     cand = reg.Candidate(QUOTED, "2", v2.run_id, METRICS, (x3, y), ["a", "b", "c"],
                          task(3, ["a", "b", "c"]))  # fmt: skip
     second = reg.decide(client, cand, P)
     assert second["new_lineage"].startswith("champion version 1 was trained on another task")
+    # what differs, not two descriptions that start alike; and that a hand-made champion goes
+    assert (
+        "columns only the champion takes: none; only this model takes: f2; classes x, y -> "
+        in (second["new_lineage"])
+    )
+    assert second["new_lineage"].endswith(
+        "; note: version 1 is @champion by hand (promoted by hand by ana: rollback), and a model "
+        "that passes the gate replaces it"
+    )
     assert "register.model_name" in second["reason"] and second["champion_accuracy"] is None
     assert "not_worse_than_champion" not in [g["name"] for g in second["gates"]]
     tags = client.get_model_version(QUOTED, "2").tags
