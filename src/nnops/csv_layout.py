@@ -12,7 +12,8 @@ from typing import TextIO
 
 from nnops.errors import NnopsError
 
-log = logging.getLogger("nnops.ingest")
+log = logging.getLogger("nnops.csv")
+_TOLD: set[str] = set()  # files whose separator was announced: once per file and process
 
 
 def delimiter(header: list[str]) -> str:
@@ -151,8 +152,10 @@ def csv_columns(path: Path) -> tuple[list[str], str]:
     header = csv_header(path)
     sep = delimiter(header)
     if sep != ",":
-        log.info("%s: the header has no comma but %r between its names: reading it as %r-"
-                 "separated", path, sep, sep)  # fmt: skip
+        if str(path) not in _TOLD:
+            _TOLD.add(str(path))
+            log.info("%s: the header has no comma but %r between its names: reading it as %r-"
+                     "separated", path, sep, sep)  # fmt: skip
         header = csv_header(path, sep)
     return header, sep
 
