@@ -76,7 +76,8 @@ def build_checks(prof: Profile, params: ValidateParams, meta: dict[str, Any]) ->
          {"column": "fraction", "min_value": v.min_class_fraction,
           "max_value": v.max_class_fraction},
          "fraction", [v.min_class_fraction, v.max_class_fraction],
-         "every class's share of rows is within bounds"),
+         "every class's share of rows is within validate.min_class_fraction and "
+         "validate.max_class_fraction"),
         ("duplicate_rows", "rows", "ExpectColumnProportionOfUniqueValuesToBeBetween",
          {"column": "row_hash", "min_value": 1.0 - v.max_duplicate_fraction},
          "row_hash", f"<= {v.max_duplicate_fraction:g}",

@@ -167,6 +167,7 @@ def test_a_class_check_failing_for_several_classes_counts_classes(tmp_path: Path
     report = check(tmp_path, clean_raw(), max_class_fraction=0.2)
     [line] = validation_report.failure_lines(report)
     assert line.startswith("FAILED class_balance: column label:") and "(3 classes fail)" in line
+    assert line.endswith("within validate.min_class_fraction and validate.max_class_fraction")
 
 
 def test_class_balance_names_the_class_and_share(tmp_path: Path):
