@@ -359,11 +359,11 @@ def main(argv: list[str] | None = None, prog: str = "nnops-predict") -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a write refused midway (a full disk): one line, not a traceback
-        from nnops.stage import UNWRITABLE
+        from nnops.stage import UNWRITABLE, refused_write
 
         if exc.errno not in UNWRITABLE:
             raise
-        print(f"{prog}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(f"{prog}: error: {refused_write(exc)}", file=sys.stderr)
         return 2
     counts = table["predicted"].value_counts().to_dict()
     print(f"{prog}: {len(table)} rows -> {args.out} ({counts})")

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from nnops.config import ConfigError, Params, load_params
 from nnops.errors import NnopsError
@@ -37,6 +38,26 @@ RESTORE_HINT = (
 )
 # A file system that refuses a write: a clear line naming the file, not a traceback.
 UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def refused_write(exc: OSError) -> str:
+    """One line for a write the file system refused: the file when the error names it; for a
+    full disk without one (a write to an open file names none), the folder and the space left.
+
+    Args:
+        exc: an ``OSError`` whose errno is in ``UNWRITABLE``.
+    """
+    why = exc.strerror or str(exc)
+    if exc.filename:
+        return f"{redact_text(str(exc.filename))}: {why}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        import shutil
+
+        here = Path.cwd()
+        free = shutil.disk_usage(here).free
+        left = f"{free / 2**20:.1f} MiB free there"
+        return f"{why} while writing under {here} ({left}); free some space and rerun"
+    return why
 
 
 def restore_hint(stage: str) -> str:
@@ -126,8 +147,7 @@ def run_stage(
     except OSError as exc:
         if exc.errno not in UNWRITABLE:
             raise
-        where = f"{redact_text(str(exc.filename))}: " if exc.filename else ""
-        print(f"{name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"{name}: error: {refused_write(exc)}", file=sys.stderr)
         print(f"{name}: {restore_hint(name)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -81,6 +81,24 @@ def test_a_refused_write_ends_the_stage_in_one_line(
     assert "no earlier run of train is recorded in dvc.lock" in err[1] and len(err) == 2
 
 
+def test_a_full_disk_without_a_file_name_says_where_and_how_much_is_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    """A write to an open file (h5py, sqlite) fails with ENOSPC naming no file: it said only
+    'train: error: No space left on device'."""
+
+    def body(args: argparse.Namespace, params: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.chdir(tmp_path)
+    assert run_stage("train", body, _parser(), ["--params", str(REPO / "params.yaml")]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(
+        f"train: error: No space left on device while writing under {tmp_path} ("
+    )
+    assert first.endswith(" MiB free there); free some space and rerun")
+
+
 def test_other_os_errors_are_not_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def body(args: argparse.Namespace, params: object) -> None:
         raise OSError(errno.EIO, "Input/output error", "x")
