@@ -333,6 +333,9 @@ def _settings(args: argparse.Namespace) -> Setup:
         key = ".".join(map(str, first["loc"]))
         got = f"received {first['input']!r}; " if "input" in first else ""
         raise ConfigError(f"command line: tune.{key}: {got}{first['msg'].lower()}") from None
+    from nnops.tune_data import check_up_to_date
+
+    check_up_to_date(args.data)
     uri = tracking.connect(params.mlflow)
     return Setup(params, tune, storage_url(tune, repo_root()), uri, args.data)
 

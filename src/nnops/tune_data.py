@@ -176,3 +176,44 @@ def check_best(summary: Mapping[str, Any], folder: str | Path) -> None:
         f"{head} was scored on other data than {folder} holds now{what}; not applied: tune "
         "this data first (nnops tune --study NAME)"
     )
+
+
+def check_up_to_date(data_dir: str | Path) -> None:
+    """Refuse to tune a ``data/processed`` that DVC says is out of date with ``params.yaml`` and
+    the data (a ``data.*`` param edited, the CSV changed, preprocess not rerun): the study would
+    tune other data than the pipeline trains on, and ``--apply`` would train the winner there.
+
+    Only for the pipeline's own ``data/processed`` in a DVC project; any other folder is the
+    user's to keep current.
+
+    Args:
+        data_dir: the folder the trials read.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    if (
+        Path(data_dir).resolve() != catalog.PROCESSED_DIR.resolve()
+        or not Path("dvc.yaml").is_file()
+    ):
+        return
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+    if dvc is None:
+        return
+    cmd = [dvc, "status", "--json", "--with-deps", "preprocess"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+    try:
+        status = json.loads(proc.stdout or "{}") if proc.returncode == 0 else {}
+    except ValueError:  # not JSON: a DVC message of its own; tuning does not depend on it
+        status = {}
+    # Changed dependencies (params, data, code) make the folder stale; an output touched by hand
+    # is the user's doing. check_params tracks every key, so any edit (train.* too) names it.
+    stale = sorted(stage for stage, changes in status.items() if stage != "check_params" and any(
+        isinstance(c, dict) and "changed deps" in c for c in changes))  # fmt: skip
+    if stale:
+        raise NnopsError(
+            f"{data_dir} is out of date: `dvc status` names {', '.join(stale)} (params.yaml or "
+            "the data changed since preprocess ran), so the trials would tune other data than the "
+            "pipeline trains on; run `dvc repro preprocess` first"
+        )

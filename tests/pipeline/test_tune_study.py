@@ -211,6 +211,14 @@ def test_a_study_refuses_to_go_on_after_the_data_switched_to_another_dataset(pro
     _wine_csv(project / "inputs/wine.csv")
     set_params(project, {"data": {"source": "csv", "path": "inputs/wine.csv",
                                   "label_column": "target"}})  # fmt: skip
+    # before preprocess reran, data/processed still holds digits: tuning it would be stale
+    stale = tune(project, "--trials", "1", check=False)
+    assert stale.returncode == 2 and "Traceback" not in stale.stderr
+    assert "nnops tune: error: data/processed is out of date: `dvc status` names ingest" in (
+        stale.stderr
+    )
+    assert "run `dvc repro preprocess` first" in stale.stderr
+    assert len(_study(project).trials) == len(before.trials)
     dvc("repro", "preprocess", cwd=project)
 
     proc = tune(project, "--trials", "1", check=False)
