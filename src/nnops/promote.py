@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,10 +110,9 @@ def main(argv: list[str] | None = None, prog: str = "nnops promote") -> int:
         print(f"{prog}: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the alias moves last, so all or nothing
-        signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"{prog}: stopped by {signal.Signals(signum).name}; if the alias had not moved yet, "
-              "@champion is unchanged", file=sys.stderr)  # fmt: skip
-        return 128 + signum
+        from nnops.stage import stopped
+
+        return stopped(prog, exc, "if the alias had not moved yet, @champion is unchanged")
     if previous == str(args.version):
         print(f"{prog}: {name} version {args.version} is already @champion; nothing changed")
     else:

@@ -151,11 +151,22 @@ def run_stage(
         print(f"{name}: {restore_hint(name)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
-        stopped = f"{name}: stopped by {signal.Signals(signum).name}"
-        print(f"{stopped}; {restore_hint(name)}", file=sys.stderr)
-        return 128 + signum
+        return stopped(name, exc, restore_hint(name))
     return 0
+
+
+def stopped(prog: str, exc: KeyboardInterrupt, what_is_left: str) -> int:
+    """Say in one line that Ctrl-C or SIGTERM stopped ``prog`` and what is left; return the
+    shell's exit status for that signal (130, 143).
+
+    Args:
+        prog: the stage or command.
+        exc: the interrupt (``Terminated`` carries the signal number).
+        what_is_left: what the user has after the stop.
+    """
+    signum = getattr(exc, "signum", signal.SIGINT)
+    print(f"{prog}: stopped by {signal.Signals(signum).name}; {what_is_left}", file=sys.stderr)
+    return 128 + signum
 
 
 __all__ = ["Terminated", "run_stage", "start_command"]
