@@ -295,6 +295,29 @@ def log_epoch(epoch: int, record: Mapping[str, float]) -> None:
     log.info("epoch %d done: %s", epoch, shown)
 
 
+def refuse_divergence(p: TrainParams) -> EpochSinkFn:
+    """An epoch sink that stops training at the first epoch whose loss is not finite: a model of
+    NaN weights is no result (evaluate could not score it), and every later epoch stays NaN.
+
+    Args:
+        p: the ``train`` params, for the message.
+    """
+    import math
+
+    from nnops.errors import NnopsError
+
+    def check(epoch: int, record: Mapping[str, float]) -> None:
+        bad = [k for k in ("loss", "val_loss") if k in record and not math.isfinite(record[k])]
+        if bad:
+            raise NnopsError(
+                f"training diverged: {bad[0]} is {record[bad[0]]} at epoch {epoch}; lower "
+                f"train.learning_rate (now {p.learning_rate:g}) or train.l2 (now {p.l2:g}) and "
+                "rerun (the MLflow run is marked FAILED)"
+            )
+
+    return check
+
+
 def train_stage(
     params: Params,
     uri: str | None,
@@ -333,7 +356,8 @@ def train_stage(
     )
     run = TrackedRun.start(uri, params, meta, runtime, backup, state) if uri else None
     try:
-        sinks = [run.logger, log_epoch] if run else [log_epoch]
+        sinks = [log_epoch, refuse_divergence(p)]
+        sinks = [run.logger, *sinks] if run else sinks
         model, result = fit(data, p, runtime, backup, on_epoch=sinks)
         stats = summary(result, runtime, p, model, data)
         save_model(model, models / catalog.MODEL.name)

@@ -263,3 +263,20 @@ def test_preprocessing_spec_must_reproduce_the_processed_features():
         check_preprocessing(RESCALE, x_raw, x_raw / 255, "p.json")
     with pytest.raises(NnopsError, match="differ in shape"):
         check_preprocessing(RESCALE, x_raw, x_raw[:, :3], "p.json")
+
+
+@pytest.mark.parametrize("pipeline", ["in_graph", "numpy"])
+def test_a_diverging_fit_stops_at_the_first_non_finite_loss(pipeline):
+    """l2=1e38 makes every loss NaN: training used to finish, call epoch 1 the best, and leave
+    evaluate to crash in scikit-learn on NaN probabilities."""
+    from nnops.train import refuse_divergence
+
+    data = _data()
+    params = section("train", epochs=4, l2=1e38, input_pipeline=pipeline)
+    seen: list[int] = []
+    with pytest.raises(NnopsError) as err:
+        fit(data, params, _runtime(), backup_dir=None,
+            on_epoch=[lambda e, r: seen.append(e), refuse_divergence(params)])  # fmt: skip
+    assert seen == [1]  # stopped at the first epoch, not after all four
+    assert str(err.value).startswith("training diverged: loss is nan at epoch 1; lower ")
+    assert "train.l2 (now 1e+38)" in str(err.value)
