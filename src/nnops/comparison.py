@@ -50,6 +50,12 @@ def champion_comparison(
     x, y = cand.test
     out: dict[str, Any] = {"version": str(champion.version), "rows": len(y), "overlap": 0,
                            "candidate_accuracy": cand.test_accuracy}  # fmt: skip
+    if len(y) < min_rows:  # a handful of rows: either model can score 1.0 or 0.0 by chance
+        return out | {"accuracy": None, "refused": (
+            f"no fair comparison: the test split holds only {len(y)} rows, fewer than "
+            f"register.min_unseen_test_rows={min_rows}; the model is not promoted over champion "
+            f"version {champion.version} (a larger split.test_fraction, or `nnops promote "
+            "VERSION --reason ...` on record)")}  # fmt: skip
     tags = dict(champion.tags or {})
     if tags.get(TEST_HASH_TAG) == test_hash and tags.get(TEST_ACCURACY_TAG):
         log.info("champion version %s: test accuracy on this test data recorded at its "

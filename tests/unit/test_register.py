@@ -243,9 +243,11 @@ def test_the_champion_score_on_the_same_test_data_is_reused_and_other_data_resco
     quoted_registry, caplog
 ):
     client, (v1, v2) = quoted_registry
-    rows = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0]], dtype=np.float32)
-    test = (rows, np.array([0, 1, 0, 1]))
-    # 0.95 cannot come from scoring 4 rows: seeing it back proves the recorded tag was used.
+    # 32 rows (a comparison needs register.min_unseen_test_rows=30): 0.95 is no multiple of
+    # 1/32, so it cannot come from scoring them; seeing it back proves the recorded tag was used.
+    rows = np.tile(np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0]], np.float32), (8, 1))
+    rows += np.arange(32, dtype=np.float32)[:, None] / 64  # distinct rows
+    test = (rows, np.tile(np.array([0, 1, 0, 1]), 8))
     first = reg.decide(client, reg.Candidate(QUOTED, "1", v1.run_id, METRICS, test), P)
     assert first["promoted"]
     tags = client.get_model_version(QUOTED, "1").tags
@@ -259,14 +261,14 @@ def test_the_champion_score_on_the_same_test_data_is_reused_and_other_data_resco
     assert "recorded at its registration" in caplog.text and "scoring champion" not in caplog.text
 
     # Other test data (one label changed): the champion (now version 2) is loaded and scored.
-    other = (rows, np.array([0, 1, 1, 1]))
+    other = (rows, np.tile(np.array([0, 1, 1, 1]), 8))
     assert reg.test_data_hash(*other) != reg.test_data_hash(*test)
     caplog.clear()
     with caplog.at_level("INFO", logger="nnops.register"):
         again = reg.decide(client, reg.Candidate(QUOTED, "1", v1.run_id, METRICS, other), P)
     assert "scoring champion version 2" in caplog.text
     assert again["champion_accuracy"] == rg.score_model(f"models:/{QUOTED}/2", *other)
-    assert again["champion_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert again["champion_accuracy"] * 32 == round(again["champion_accuracy"] * 32)
 
 
 def test_row_digests_match_rows_across_dtypes_and_find_the_seen_ones():
@@ -313,11 +315,20 @@ def test_a_champion_is_compared_only_on_test_rows_it_did_not_train_on(
     assert str(rg.alias_version(client, QUOTED, reg.CHAMPION).version) == "1"
 
     # No row in common: the champion is scored on all of them (a low score keeps it champion).
-    x, y = rng.normal(size=(12, 2)).astype(np.float32), rng.integers(0, 2, 12)
+    x, y = rng.normal(size=(36, 2)).astype(np.float32), rng.integers(0, 2, 36)
     with caplog.at_level("INFO", logger="nnops.register"):
         clean = reg.decide(client, reg.Candidate(QUOTED, "2", v2.run_id, low, (x, y)), P)
     assert "none of its rows were among" in caplog.text
-    assert clean["compared_rows"] == 12 and clean["champion_trained_on_test_rows"] == 0
+    assert clean["compared_rows"] == 36 and clean["champion_trained_on_test_rows"] == 0
+
+    # A 4-row test split (split.test_fraction=0.002) none of which the champion saw: both can
+    # score 1.0 by chance, and such a champion then blocked every later model. Refused.
+    x, y = rng.normal(size=(4, 2)).astype(np.float32), rng.integers(0, 2, 4)
+    tiny = reg.decide(client, reg.Candidate(QUOTED, "2", v2.run_id, METRICS, (x, y)), P)
+    assert not tiny["promoted"] and tiny["failed_gates"] == ["not_worse_than_champion"]
+    gate = by_name([reg.Gate(**g) for g in tiny["gates"]])["not_worse_than_champion"]
+    assert "no fair comparison: the test split holds only 4 rows, fewer than " in gate.detail
+    assert str(rg.alias_version(client, QUOTED, reg.CHAMPION).version) == "1"
 
     # 10 seen rows among 45: both models are scored on the 35 others, not the evaluate score.
     x = np.vstack([rng.normal(size=(35, 2)).astype(np.float32), trained[40:50]])
