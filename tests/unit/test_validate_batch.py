@@ -388,3 +388,31 @@ def test_predict_warns_on_drift_or_refuses_when_asked(
     out.unlink()
     assert predict_cli(*args, "--refuse-drift") == 2 and not out.exists()
     assert "(refused: drift, see nnops validate-batch)" in capsys.readouterr().err
+
+
+def test_predict_with_the_profile_ignores_extra_columns_as_the_model_does(
+    tmp_path: Path, iris_case, capsys
+):
+    """An id or a note column beside the features was refused as 'unknown column(s)' whenever
+    the workspace's profile applied, though predict says extra columns are ignored."""
+    import keras
+
+    from nnops.predict import main as predict
+
+    profile, batch = iris_case
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.save(tmp_path / "iris.keras")
+    noted = batch.assign(note="checked", row_id=range(len(batch)))
+    noted.to_csv(tmp_path / "noted.csv", index=False)
+    batch.to_csv(tmp_path / "plain.csv", index=False)
+    for name in ("plain", "noted"):
+        args = ["--model", str(tmp_path / "iris.keras"), "--reference", str(profile)]
+        assert predict([*args, "--input", str(tmp_path / f"{name}.csv"), "--out",
+                        str(tmp_path / f"{name}.out")]) == 0  # fmt: skip
+    assert (tmp_path / "noted.out").read_text() == (tmp_path / "plain.out").read_text()
+    assert "ignoring column(s) the model does not take: note, row_id" in capsys.readouterr().err
+    # a missing feature is still refused
+    batch.drop(columns=[batch.columns[0]]).to_csv(tmp_path / "short.csv", index=False)
+    args = ["--model", str(tmp_path / "iris.keras"), "--reference", str(profile)]
+    assert predict([*args, "--input", str(tmp_path / "short.csv"), "--out", "x.csv"]) == 2
+    assert "missing column(s)" in capsys.readouterr().err
