@@ -334,7 +334,12 @@ def _settings(args: argparse.Namespace) -> Setup:
         got = f"received {first['input']!r}; " if "input" in first else ""
         raise ConfigError(f"command line: tune.{key}: {got}{first['msg'].lower()}") from None
     from nnops.tune_data import check_up_to_date
+    from nnops.tune_space import check_space
 
+    try:
+        check_space(tune.space, params.train, tuning=True)
+    except ValueError as exc:
+        raise ConfigError(f"{args.params}: {exc}") from None
     check_up_to_date(args.data)
     uri = tracking.connect(params.mlflow)
     return Setup(params, tune, storage_url(tune, repo_root()), uri, args.data)

@@ -81,7 +81,11 @@ def apply(train: TrainParams, values: Mapping[str, Any]) -> TrainParams:
             if count < 1:
                 raise ValueError(f"{key}: needs at least 1 hidden layer; received {value!r}")
             if not layers:
-                raise ValueError(f"{key}: train.hidden_layers is empty; nothing to copy")
+                raise ValueError(
+                    f"{key}: train.hidden_layers is empty (a linear model), so a trial has no "
+                    "layer to copy; give train.hidden_layers one layer for trials to start from, "
+                    "or drop the train.hidden_layers entries from tune.space"
+                )
             layers = [dict(layers[min(i, len(layers) - 1)]) for i in range(count)]
         elif parts[0] == LAYERS:
             index, field = parts[1], parts[2]
@@ -107,14 +111,21 @@ def candidates(dim: Dimension) -> list[Any]:
     return list(dim.choices) if isinstance(dim, CategoricalDim) else [dim.low, dim.high]
 
 
-def check_space(space: Sequence[Dimension], train: TrainParams) -> None:
+def check_space(space: Sequence[Dimension], train: TrainParams, tuning: bool = False) -> None:
     """Fail (ValueError naming ``tune.space.<i>``) unless every key and edge value is valid.
+
+    A linear model (``train.hidden_layers: []``) has no layer for the layer dimensions to copy;
+    that is refused only when tuning, so the documented linear model trains with the default
+    ``tune`` section in place.
 
     Args:
         space: ``tune.space``.
         train: the ``train`` section the trials start from.
+        tuning: whether ``nnops tune`` is about to use the space.
     """
     for i, dim in enumerate(space):
+        if not tuning and not train.hidden_layers and dim.key.startswith(f"train.{LAYERS}"):
+            continue
         where = f"tune.space.{i}.key"
         try:
             check_key(dim.key, train)

@@ -411,3 +411,22 @@ def test_the_report_has_a_tuning_section_only_with_content_when_a_study_chose_th
     assert "trial 4 of 6" in tuned.html and "<code>train.learning_rate</code>" in tuned.html
     assert "abc123" in tuned.markdown and "val_loss 0.1234" in tuned.markdown
     assert rp.params_diff(params, params) == []  # nothing changed against the committed file
+
+
+def test_a_linear_model_trains_with_the_default_tune_section_and_tuning_it_says_what_to_change():
+    """`train.hidden_layers: []` with allow_no_hidden_layers (README: a linear model) failed
+    check_params through tune.space's layer dimensions, for a user who was not tuning."""
+    from conftest import REPO
+    from nnops.config import parse_params
+    from nnops.tune_space import check_space
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"].update(hidden_layers=[], allow_no_hidden_layers=True)
+    params = parse_params(raw)  # accepted: the space is checked against it when tuning
+    assert not params.train.hidden_layers and params.tune.space
+    with pytest.raises(ValueError) as err:
+        check_space(params.tune.space, params.train, tuning=True)
+    assert "train.hidden_layers is empty (a linear model), so a trial has no layer to copy" in (
+        str(err.value)
+    )
+    assert "drop the train.hidden_layers entries from tune.space" in str(err.value)
