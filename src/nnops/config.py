@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnops.io import read_yaml
 from nnops.params_errors import describe
@@ -212,8 +212,16 @@ MOVED_KEYS = {
 }
 
 
+def _registrable(name: str) -> str:
+    """A name the MLflow registry takes: no ``/`` or ``:``, no spaces at its ends."""
+    if "/" in name or ":" in name or name != name.strip():
+        raise ValueError(f"received {name!r}; a registered name has no '/' or ':' (models:/"
+                         "NAME@ALIAS URIs use them) and no spaces at its ends")  # fmt: skip
+    return name
+
+
 class RegisterParams(_Section):
-    model_name: Name
+    model_name: Annotated[Name, AfterValidator(_registrable)]
     min_test_accuracy: UnitFraction
     require_good_fit: Bool
     compare_to_champion: Bool

@@ -68,8 +68,9 @@ def describe(
     if kind == "literal_error":
         allowed = error.get("ctx", {}).get("expected", "")
         return f"{dotted}: received {received!r}; allowed: {allowed}"
-    if kind == "value_error":
-        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if kind == "value_error":  # a validator's own words; a field's gets its key in front
+        said = str(error.get("ctx", {}).get("error", error["msg"]))
+        return said if not loc or said.startswith(dotted.split(".")[0]) else f"{dotted}: {said}"
     if kind == "union_tag_not_found":
         tag = str(error.get("ctx", {}).get("discriminator", "type")).strip("'")
         return f"{dotted}.{tag}: required key is missing"

@@ -338,3 +338,16 @@ def test_slice_columns_must_be_carried_by_data_exclude_columns():
     ) in str(err.value)
     raw["explain"]["slice_by"] = ["region"]
     assert parse_params(raw).explain.slice_by == ("region",)
+
+
+@pytest.mark.parametrize("name", ["a/b", "team:mlp", " mlp"])
+def test_a_model_name_the_registry_refuses_fails_in_check_params_naming_the_key(name: str):
+    """`-S register.model_name=a/b` passed check_params and failed only in register, with
+    MLflow's own message, after training."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["register"]["model_name"] = name
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert f"register.model_name: received {name!r}; a registered name has no '/' or ':'" in str(
+        err.value
+    )
