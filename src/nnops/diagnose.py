@@ -56,6 +56,15 @@ STILL_IMPROVING_ACTION = (
 )
 
 
+# Underfitting with a training loss no sane guess reaches (a uniform guess over 20,000 classes
+# scores ln 20000 < 10): the steps were too large, not the model too small.
+DIVERGED_LOSS = 10.0
+DIVERGED_ACTION = (
+    "Training is unstable: lower train.learning_rate (or set train.lr_schedule), then judge the "
+    "capacity again; raising it or the epochs would not help."
+)
+
+
 def accuracy_margin(accuracy: float, rows: int) -> float:
     """The 95% margin of an accuracy measured on ``rows`` rows (normal approximation, at least
     one row's worth, so that 4 rows at 100% are not read as certain).
@@ -271,6 +280,10 @@ def diagnose(
             "the gaps stay within evaluate.fit limits"
         ]
     action = ACTIONS[verdict]
+    if verdict == UNDERFITTING and train_loss > DIVERGED_LOSS:
+        action = DIVERGED_ACTION
+        reasons = [*reasons, f"training loss {train_loss:.4g} is far above any guess's: the "
+                             "optimiser's steps are too large"]  # fmt: skip
     if verdict == OVERFITTING and epochs is not None and epochs.best_epoch == epochs.last_epoch:
         action = STILL_IMPROVING_ACTION
     margin = accuracy_margin(val_acc, val_rows) if val_rows else 0.0

@@ -222,3 +222,13 @@ def test_overfitting_still_improving_at_the_last_epoch_is_not_told_to_stop_earli
     assert (
         diagnose(scores(0.99, 0.05), scores(0.90, 0.60), rising, T).action == (ACTIONS[OVERFITTING])
     )
+
+
+def test_a_diverged_run_is_told_to_lower_the_learning_rate_not_raise_it():
+    """learning_rate=10: training loss 9.959e+04 at chance accuracy; the underfitting action
+    said to raise train.learning_rate."""
+    d = diagnose(scores(0.10, 9.959e4), scores(0.10, 9.9e4), None, T)
+    assert d.verdict == UNDERFITTING
+    assert d.action.startswith("Training is unstable: lower train.learning_rate")
+    assert "far above any guess's" in d.reasons[-1]
+    assert diagnose(scores(0.6, 1.2), scores(0.4, 1.6), None, T).action == ACTIONS[UNDERFITTING]
