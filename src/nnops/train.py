@@ -258,9 +258,34 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     tmp = path.with_name(f".{path.stem}.partial.keras")
     try:
         model.save(tmp)
+        same_bytes_for_same_weights(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def same_bytes_for_same_weights(path: Path) -> None:
+    """Rewrite a ``.keras`` file without the two things that change on every save: the time in
+    ``metadata.json`` (``date_saved``) and the weights entry's zip timestamp. Same weights then
+    give the same file, so DVC sees no change after an identical retrain and the md5 of a model
+    identifies its weights. Keras reads neither.
+
+    Args:
+        path: the saved ``.keras`` file, rewritten in place.
+    """
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode()
+            info.date_time = (1980, 1, 1, 0, 0, 0)
+            archive.writestr(info, data)
 
 
 def write_history_csv(path: str | Path, history: Sequence[Mapping[str, float]]) -> None:

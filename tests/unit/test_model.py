@@ -280,3 +280,20 @@ def test_a_diverging_fit_stops_at_the_first_non_finite_loss(pipeline):
     assert seen == [1]  # stopped at the first epoch, not after all four
     assert str(err.value).startswith("training diverged: loss is nan at epoch 1; lower ")
     assert "train.l2 (now 1e+38)" in str(err.value)
+
+
+def test_the_same_weights_save_to_the_same_bytes(tmp_path):
+    """Keras stamps the save time into every .keras file, so an identical retrain changed
+    models/model.keras for DVC; the saved file now depends on the model alone."""
+    import time
+
+    from nnops.train import save_model
+
+    model, _ = fit(_data(), section("train", epochs=1), _runtime(), backup_dir=None)
+    save_model(model, tmp_path / "a.keras")
+    time.sleep(1.1)  # Keras's stamp has one-second resolution
+    save_model(model, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    loaded = keras.saving.load_model(tmp_path / "b.keras", safe_mode=True)
+    x = _data().x_val[:5]
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
