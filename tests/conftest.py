@@ -280,6 +280,28 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
+@contextmanager
+def read_only(folder: Path) -> Iterator[str]:
+    """``folder`` made unwritable, yielding the reason a write there gives: chmod for a user, an
+    immutable folder (chattr +i) for root, whom permissions do not stop."""
+    as_root = os.geteuid() == 0
+    if as_root:
+        if shutil.which("chattr") is None:
+            pytest.fail("running as root needs chattr (e2fsprogs) to make a folder unwritable")
+        made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+        if made.returncode != 0:  # tmpfs and some overlays have no immutable flag
+            pytest.skip(f"chattr +i is not supported here: {made.stderr.decode().strip()}")
+    else:
+        folder.chmod(0o500)
+    try:
+        yield "Operation not permitted" if as_root else "Permission denied"
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o700)
+
+
 def section(dotted: str, **overrides: object) -> object:
     """A params section as the repository's ``params.yaml`` sets it, with ``overrides`` applied.
 

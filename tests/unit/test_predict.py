@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, project_env
+from conftest import BIN, project_env, read_only
 from nnops.errors import NnopsError
 from nnops.predict import main, prediction_table
 from nnops.predict_input import check_rows
@@ -240,27 +240,33 @@ def test_missing_inputs_are_named(tmp_path: Path, model_file: Path, capsys):
     assert "no array 'x_raw' (arrays: features)" in capsys.readouterr().err
 
 
-def test_registered_model_by_alias_uses_recorded_class_names(
-    tmp_path: Path, model_file: Path, mlflow_store: str
-):
+def _log_model(client, model_file: Path, tmp_path: Path, metadata: dict | None = None):
+    """Log the tiny model as the train stage logs one (a signature, no inference subprocess)."""
     import keras
     import mlflow
     from mlflow.models import infer_signature
+
+    exp = client.create_experiment("p", artifact_location=(tmp_path / "art").as_uri())
+    model = keras.saving.load_model(model_file, safe_mode=True)
+    x = np.array([[4, 0, 1], [0, 4, 1]], dtype=np.float32)
+    with mlflow.start_run(experiment_id=exp):
+        return mlflow.keras.log_model(
+            model, name="model", signature=infer_signature(x, model.predict(x, verbose=0)),
+            pip_requirements=["keras"], metadata=metadata,
+        )  # fmt: skip
+
+
+def test_registered_model_by_alias_uses_recorded_class_names(
+    tmp_path: Path, model_file: Path, mlflow_store: str
+):
+    import mlflow
 
     uri = mlflow_store
     mlflow.set_tracking_uri(uri)
     try:
         client = mlflow.MlflowClient(uri)
-        exp = client.create_experiment("p", artifact_location=(tmp_path / "art").as_uri())
-        model = keras.saving.load_model(model_file, safe_mode=True)
+        info = _log_model(client, model_file, tmp_path)
         x = np.array([[4, 0, 1], [0, 4, 1]], dtype=np.float32)
-        with mlflow.start_run(experiment_id=exp):
-            info = mlflow.keras.log_model(
-                model,
-                name="model",
-                signature=infer_signature(x, model.predict(x, verbose=0)),
-                pip_requirements=["keras"],  # as the train stage does: no inference subprocess
-            )
         version = mlflow.register_model(info.model_uri, "m")
         client.set_model_version_tag("m", version.version, "nnops.class_names", '["L", "R"]')
         client.set_registered_model_alias("m", "champion", version.version)
@@ -413,21 +419,12 @@ def test_a_model_with_recorded_columns_refuses_a_header_that_lacks_one(
 ):
     """Outside a project (no training profile), a header without the model's own names used to
     be scored by position: wrong predictions, exit 0. Reordered columns are still fine."""
-    import keras
     import mlflow
-    from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(mlflow_store)
     try:
         client = mlflow.MlflowClient(mlflow_store)
-        exp = client.create_experiment("p", artifact_location=(tmp_path / "art").as_uri())
-        model = keras.saving.load_model(model_file, safe_mode=True)
-        x = np.array([[4, 0, 1], [0, 4, 1]], dtype=np.float32)
-        with mlflow.start_run(experiment_id=exp):
-            info = mlflow.keras.log_model(
-                model, name="model", signature=infer_signature(x, model.predict(x, verbose=0)),
-                pip_requirements=["keras"], metadata={"feature_names": ["f1", "f2", "f3"]},
-            )  # fmt: skip
+        info = _log_model(client, model_file, tmp_path, {"feature_names": ["f1", "f2", "f3"]})
     finally:
         mlflow.set_tracking_uri(None)
     args = ["--model", info.model_uri, "--tracking-uri", mlflow_store, "--reference", "none"]
@@ -460,8 +457,6 @@ def test_a_model_with_recorded_columns_refuses_a_header_that_lacks_one(
 def test_out_must_not_be_the_input_and_its_folder_must_be_writable(
     tmp_path: Path, model_file: Path, capsys
 ):
-    import os
-    import shutil
 
     rows = tmp_path / "rows.csv"
     rows.write_text("a,b,c\n4,0,1\n")
@@ -472,21 +467,9 @@ def test_out_must_not_be_the_input_and_its_folder_must_be_writable(
     assert rows.read_text() == "a,b,c\n4,0,1\n"
     locked = tmp_path / "locked"
     locked.mkdir()
-    as_root = os.geteuid() == 0
-    if as_root:
-        if shutil.which("chattr") is None:
-            pytest.fail("running as root needs chattr (e2fsprogs) to make a folder unwritable")
-        subprocess.run(["chattr", "+i", str(locked)], check=True)
-    else:
-        locked.chmod(0o500)
-    try:
+    with read_only(locked) as why:
         assert _predict(model_file, rows, locked / "o.csv") == 2
-    finally:
-        if as_root:
-            subprocess.run(["chattr", "-i", str(locked)], check=True)
-        locked.chmod(0o700)
     err = capsys.readouterr().err
-    why = "Operation not permitted" if as_root else "Permission denied"
     assert (
         f"locked: cannot write there ({why}); nnops predict writes the predictions (--out)" in err
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_only
 from nnops.errors import NnopsError
 from nnops.io import require_writable
 from nnops.stage import run_stage
@@ -37,29 +38,13 @@ def test_require_writable_names_a_folder_that_cannot_be_made(tmp_path: Path):
 def test_require_writable_names_a_read_only_folder(tmp_path: Path):
     """chmod for a user; root writes through permissions, so an immutable folder for root (as
     `chattr +i models/backup` did by hand)."""
-    import shutil
-    import subprocess
-
     locked = tmp_path / "models"
     locked.mkdir()
-    as_root = os.geteuid() == 0
-    if as_root:
-        if shutil.which("chattr") is None:
-            pytest.fail("running as root needs chattr (e2fsprogs) to make a folder unwritable")
-        made = subprocess.run(["chattr", "+i", str(locked)], capture_output=True, check=False)
-        if made.returncode != 0:  # tmpfs and some overlays have no immutable flag
-            pytest.skip(f"chattr +i is not supported here: {made.stderr.decode().strip()}")
-    else:
-        locked.chmod(0o500)
-    why = "Operation not permitted" if as_root else "Permission denied"
-    try:
-        with pytest.raises(NnopsError, match=rf"models: cannot write there \({why}\)"):
-            require_writable([locked], "the model")
-    finally:
-        if as_root:
-            subprocess.run(["chattr", "-i", str(locked)], check=True)
-        else:
-            locked.chmod(0o700)
+    with (
+        read_only(locked) as why,
+        pytest.raises(NnopsError, match=rf"models: cannot write there \({why}\)"),
+    ):
+        require_writable([locked], "the model")
 
 
 def _parser() -> argparse.ArgumentParser:

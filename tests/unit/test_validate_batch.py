@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import read_only
 from nnops import data_profile, validate_batch
 from nnops.config import load_params
 from nnops.ingest import from_table, load_digits
@@ -229,32 +228,6 @@ def test_many_unseen_labels_are_cut_with_their_count(tmp_path: Path, iris_case, 
         "FAILED label_set: column target: observed ['rose0', 'rose1', 'rose2', 'rose3', 'rose4', "
         "...] (7 unseen labels), bound 3 training classes"
     ) in capsys.readouterr().err
-
-
-@contextmanager
-def read_only(folder: Path) -> Iterator[str]:
-    """``folder`` made unwritable, yielding the reason a write there gives: chmod for a user, an
-    immutable folder (chattr +i) for root, whom permissions do not stop."""
-    import os
-    import shutil
-    import subprocess
-
-    as_root = os.geteuid() == 0
-    if as_root:
-        if shutil.which("chattr") is None:
-            pytest.fail("running as root needs chattr (e2fsprogs) to make a folder unwritable")
-        made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
-        if made.returncode != 0:  # tmpfs and some overlays have no immutable flag
-            pytest.skip(f"chattr +i is not supported here: {made.stderr.decode().strip()}")
-    else:
-        folder.chmod(0o500)
-    try:
-        yield "Operation not permitted" if as_root else "Permission denied"
-    finally:
-        if as_root:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        else:
-            folder.chmod(0o700)
 
 
 def test_a_batch_in_a_read_only_folder_keeps_its_verdict(tmp_path: Path, iris_case, capsys):
