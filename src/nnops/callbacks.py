@@ -8,6 +8,7 @@ handed the records it made.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,16 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
 EpochSinkFn = Callable[[int, dict[str, float]], None]
 """Called with a finished epoch's 1-based number and its metrics (e.g. an MLflow logger)."""
+
+
+def non_finite_losses(record: Mapping[str, Any]) -> list[str]:
+    """The losses (``loss``, ``val_loss``) of an epoch's record that are NaN or infinite: the fit
+    diverged, and every later epoch stays so.
+
+    Args:
+        record: the epoch's metrics, as Keras logs them.
+    """
+    return [k for k in ("loss", "val_loss") if k in record and not math.isfinite(float(record[k]))]
 
 
 class EpochOrder(keras.callbacks.Callback):

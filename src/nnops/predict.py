@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nnops.errors import NnopsError
+from nnops.errors import NnopsError, few
 from nnops.predict_input import read_rows
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,10 @@ def check_reference(
         return None
     batch = vb.read_batch(input_path, profile, key, header)
     if batch.kind == "csv":  # extra columns (an id, a note) are ignored, as the model ignores them
-        allowed = {*profile["feature_names"], profile.get("label_column") or "label",
-                   *profile.get("exclude_columns", [])}  # fmt: skip
-        extra = [c for c in map(str, batch.frame.columns) if c not in allowed]
+        extra = vb.unknown_columns(batch, profile)
         if extra and all(c in batch.frame.columns for c in profile["feature_names"]):
             log.info("%s: ignoring column(s) the model does not take: %s", input_path,
-                     ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))  # fmt: skip
+                     few(extra, 5))  # fmt: skip
             batch = vb.Batch(batch.frame.drop(columns=extra), batch.path, batch.kind)
     problems = vb.schema_problems(batch, profile)
     if problems:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from nnops.errors import NnopsError
+from nnops.errors import NnopsError, few
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,12 @@ def pick_columns(header: Sequence[str], feature_names: Sequence[str], source: st
         return list(feature_names)
     expected = set(feature_names)
     others = [name for name in header if name not in expected]
-
-    def listed(names: Sequence[str]) -> str:
-        return ", ".join(map(repr, names[:6])) + (
-            f", ... ({len(names)} in all)" if len(names) > 6 else ""
-        )
-
-    instead = f"; it has {listed(others)} instead" if others else ""
+    instead = f"; it has {few(others, 6, quote=True)} instead" if others else ""
     raise NnopsError(
         f"{source}: the header lacks {len(missing)} of the model's {len(feature_names)} feature "
-        f"columns: {listed(missing)}{instead}. The model picks its columns by name (any order; "
-        f"extra columns are ignored): rename the columns, or score with a model of this data"
+        f"columns: {few(missing, 6, quote=True)}{instead}. The model picks its columns by name "
+        "(any order; extra columns are ignored): rename the columns, or score with a model of "
+        "this data"
     )
 
 

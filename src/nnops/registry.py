@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nnops.errors import NnopsError
+from nnops.errors import NnopsError, few
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,10 @@ TASK_TAG = TAG_PREFIX + "task"
 COLUMNS_TAG = TAG_PREFIX + "task_columns"
 """Like ``TASK_TAG`` but over the set of input columns: reordered columns are the same task."""
 DECISION_TAG = TAG_PREFIX + "decision"
-MANUAL_TAG = TAG_PREFIX + "promoted_by_hand"  # who made a version @champion with nnops promote
 """``pending`` from registration until the gate's record is complete, then ``promoted``,
 ``rejected`` or ``failed`` (the gate could not finish; rerun register to complete it)."""
+MANUAL_TAG = TAG_PREFIX + "promoted_by_hand"
+"""Tag on a version ``nnops promote`` made ``@champion``: the user who did."""
 TEST_HASH_TAG = TAG_PREFIX + "test_data_hash"
 """Tag on each registered version: the digest of the test split it was scored on."""
 TEST_ACCURACY_TAG = TAG_PREFIX + "test_accuracy"
@@ -358,12 +359,6 @@ def describe_task(task: Mapping[str, Any]) -> str:
     return f"{task.get('n_features')} features ({shown}), {len(classes)} classes ({cls})"
 
 
-def _few(names: list[Any]) -> str:
-    return ", ".join(map(str, names[:4])) + (
-        f", ... ({len(names)} in all)" if len(names) > 4 else ""
-    )
-
-
 def new_lineage_reason(
     name: str, champion: Any, theirs: Mapping[str, Any], task: Mapping[str, Any]
 ) -> str:
@@ -387,11 +382,11 @@ def new_lineage_reason(
         only_theirs = [c for c in columns if c not in task["feature_names"]]
         only_mine = [c for c in task["feature_names"] if c not in columns]
         if only_theirs or only_mine:
-            differs.append(f"columns only the champion takes: {_few(only_theirs) or 'none'}; only "
-                           f"this model takes: {_few(only_mine) or 'none'}")  # fmt: skip
+            differs.append(f"columns only the champion takes: {few(only_theirs, 4) or 'none'}; "
+                           f"only this model takes: {few(only_mine, 4) or 'none'}")  # fmt: skip
     classes = json.loads(tags.get(TAG_PREFIX + "class_names") or "null")
     if classes is not None and sorted(map(str, classes)) != sorted(task["class_names"]):
-        differs.append(f"classes {_few(classes)} -> {_few(task['class_names'])}")
+        differs.append(f"classes {few(classes, 4)} -> {few(task['class_names'], 4)}")
     reason = (
         f"champion version {champion.version} was trained on another task ({what}"
         f"{'; ' + '; '.join(differs) if differs else ''}); this model takes {describe_task(task)}, "

@@ -25,7 +25,15 @@ import numpy as np
 import tensorflow as tf
 
 from nnops import catalog
-from nnops.callbacks import HISTORY_KEYS, Backup, EpochHistory, EpochOrder, EpochSink, EpochSinkFn
+from nnops.callbacks import (
+    HISTORY_KEYS,
+    Backup,
+    EpochHistory,
+    EpochOrder,
+    EpochSink,
+    EpochSinkFn,
+    non_finite_losses,
+)
 from nnops.config import Params, TrainParams
 from nnops.distribute import Runtime
 from nnops.loops import distributed_loop, in_graph_loop, keras_fit_loop, use_xla
@@ -327,13 +335,10 @@ def refuse_divergence(p: TrainParams) -> EpochSinkFn:
     Args:
         p: the ``train`` params, for the message.
     """
-    import math
-
     from nnops.errors import NnopsError
 
     def check(epoch: int, record: Mapping[str, float]) -> None:
-        bad = [k for k in ("loss", "val_loss") if k in record and not math.isfinite(record[k])]
-        if bad:
+        if bad := non_finite_losses(record):
             raise NnopsError(
                 f"training diverged: {bad[0]} is {record[bad[0]]} at epoch {epoch}; lower "
                 f"train.learning_rate (now {p.learning_rate:g}) or train.l2 (now {p.l2:g}) and "

@@ -62,9 +62,9 @@ def trial_value(history: Sequence[Mapping[str, float]], p: TrainParams, metric: 
 
 def _epoch_callback(trial: Any, metric: str, report: bool) -> Any:
     """A Keras callback: NaN losses stop the fit; the metric goes to the pruner each epoch."""
-    import math
-
     import keras
+
+    from nnops.callbacks import non_finite_losses
 
     class PruneOnEpoch(keras.callbacks.Callback):
         nan_epoch: int | None = None
@@ -72,7 +72,7 @@ def _epoch_callback(trial: Any, metric: str, report: bool) -> Any:
 
         def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
             logs = logs or {}
-            if not all(math.isfinite(float(logs.get(k, 0.0))) for k in ("loss", "val_loss")):
+            if non_finite_losses(logs):
                 self.nan_epoch, self.model.stop_training = epoch + 1, True
                 return
             if report and metric in logs:

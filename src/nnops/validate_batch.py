@@ -124,6 +124,18 @@ def _separator(path: Path, header: bool) -> str:
     return delimiter(first) if first else ","
 
 
+def unknown_columns(batch: Batch, profile: dict[str, Any]) -> list[str]:
+    """The batch's columns that are no training feature, label or ``data.exclude_columns`` one.
+
+    Args:
+        batch: the batch.
+        profile: the training profile.
+    """
+    allowed = {*profile["feature_names"], profile.get("label_column") or "label",
+               *profile.get("exclude_columns", [])}  # fmt: skip
+    return [c for c in map(str, batch.frame.columns) if c not in allowed]
+
+
 def schema_problems(batch: Batch, profile: dict[str, Any]) -> list[str]:
     """What keeps the batch from having the training schema (empty when it matches).
 
@@ -138,8 +150,7 @@ def schema_problems(batch: Batch, profile: dict[str, Any]) -> list[str]:
             return [f"{len(columns)} columns per row, but the training data has {len(names)}"]
         return []
     missing = [c for c in names if c not in columns]
-    allowed = {*names, profile.get("label_column") or "label", *profile.get("exclude_columns", [])}
-    unexpected = [c for c in columns if c not in allowed]
+    unexpected = unknown_columns(batch, profile)
     problems = []
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
